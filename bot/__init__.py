@@ -1,0 +1,1 @@
+"""Telegram and console front ends for the ChatOps commands (built in issue 6)."""
