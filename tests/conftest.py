@@ -1,0 +1,112 @@
+"""Shared fixtures: settings on a temp data dir, GitLab's example payloads, the app and its client."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from gitlab_hook.app import create_app
+from gitlab_hook.intake import IntakeStore
+from gitlab_hook.queue import TaskQueue, make_huey
+from gitlab_hook.settings import Settings, load_settings
+
+DATA = Path(__file__).parent / "data" / "gitlab"
+SECRET = "test-webhook-secret-123"
+
+RULES: dict[str, Any] = {
+    "runners": [
+        {"vm": "buildfront", "branches": ["stage", "release/*"], "projects": ["group/app"],
+         "gitlab_runner_ids": [12], "idle_stop_after": "30m", "timezone": "Europe/Moscow"},
+        {"vm": "buildback", "branches": ["stage"], "projects": ["group/api"]},
+    ],
+    "migrations": {"job_name_regex": "migrat", "namespaces": {"stage": "work"}, "default_namespace": "work"},
+}
+
+HEADERS = {"Push Hook": "push.json", "Tag Push Hook": "tag_push.json", "Pipeline Hook": "pipeline.json",
+           "Job Hook": "job.json"}
+
+
+def payload(name: str) -> dict[str, Any]:
+    """A fresh copy of one of GitLab's documented example payloads."""
+    return copy.deepcopy(json.loads((DATA / name).read_text()))
+
+
+def push_payload(branch: str = "stage", project: str = "group/app", **over: Any) -> dict[str, Any]:
+    """GitLab's push example, moved to a branch and project of our rules."""
+    p = payload("push.json")
+    p["ref"] = f"refs/heads/{branch}"
+    p["project"]["path_with_namespace"] = project
+    p.update(over)
+    return p
+
+
+def failed_job_payload(job_id: int = 1977, name: str = "migrate-db", **over: Any) -> dict[str, Any]:
+    """GitLab's job example, turned into a failed migration job on stage."""
+    p = payload("job.json")
+    p.update({"build_id": job_id, "build_name": name, "build_status": "failed", "ref": "stage"})
+    p["project"]["path_with_namespace"] = "group/app"
+    p.update(over)
+    return p
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Build validated settings from a rules dict and env overrides, the way start-up does."""
+
+    def make(rules: dict[str, Any] | None = None, **env: str) -> Settings:
+        cfg = tmp_path / "rules.yaml"
+        cfg.write_text(yaml.safe_dump(RULES if rules is None else rules))
+        base = {"GITLAB_HOOK_CONFIG": str(cfg), "DATA_DIR": str(tmp_path / "var"),
+                "GITLAB_WEBHOOK_SECRET": SECRET}
+        base.update(env)
+        return load_settings({k: v for k, v in base.items() if v is not None})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def store(settings: Settings) -> IntakeStore:
+    return IntakeStore(settings.data_dir / "intake.db")
+
+
+@pytest.fixture
+def queue(settings: Settings) -> TaskQueue:
+    return TaskQueue(make_huey(settings))
+
+
+@pytest.fixture
+def app(settings, store, queue):
+    return create_app(settings, store=store, queue=queue)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def post(client) -> Callable[..., Any]:
+    """POST a delivery with GitLab's headers; body may be a dict, bytes or str."""
+
+    def send(body: Any, event: str | None = "Push Hook", token: str | None = SECRET,
+             headers: dict[str, str] | None = None):
+        h = {"Content-Type": "application/json"}
+        if event is not None:
+            h["X-Gitlab-Event"] = event
+        if token is not None:
+            h["X-Gitlab-Token"] = token
+        h.update(headers or {})
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return client.post("/gitlab/webhook", data=data, headers=h)
+
+    return send
