@@ -46,10 +46,18 @@ def create_app(settings: Settings, *, store: IntakeStore | None = None, queue: T
     @app.post("/gitlab/webhook")
     def gitlab_webhook() -> Response:
         started = time.perf_counter()
+        limit = env.WEBHOOK_MAX_BODY_BYTES
         try:
+            if request.content_length is None:
+                # A streamed (chunked) body: werkzeug's max-length stream stops at the limit
+                # without an error, which would cut the body and parse the head. Allow one byte
+                # more, and refuse the body when that byte arrives.
+                request.max_content_length = limit + 1
             body = request.get_data(cache=False)
+            if len(body) > limit:
+                raise RequestEntityTooLarge()
         except RequestEntityTooLarge:
-            a = Answer(413, {"error": f"body is larger than {env.WEBHOOK_MAX_BODY_BYTES} bytes"}, "too_large")
+            a = Answer(413, {"error": f"body is larger than {limit} bytes"}, "too_large")
             resp = answer(a, started)
             resp.headers["Connection"] = "close"  # do not wait for the rest of the body
             return resp

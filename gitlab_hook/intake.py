@@ -231,15 +231,15 @@ class IntakeStore:
         """Give up on a row for good."""
         return self._finish(action_id, owner, "failed", "failed", error=error)
 
-    def release_orphans(self, is_orphan: Callable[[str], bool]) -> int:
-        """Return running rows whose owner is gone (e.g. a killed worker) to pending."""
-        def work(c: sqlite3.Connection) -> int:
+    def release_orphans(self, is_orphan: Callable[[str], bool]) -> list[int]:
+        """Return running rows whose owner is gone (e.g. a killed worker) to pending; their ids."""
+        def work(c: sqlite3.Connection) -> list[int]:
             rows = c.execute("select id, lease_owner from actions where state = 'running'").fetchall()
             ids = [r[0] for r in rows if r[1] and is_orphan(r[1])]
             for i in ids:
                 c.execute("update actions set state = 'pending', lease_owner = null, lease_until = null,"
                           " not_before = 0 where id = ?", (i,))
-            return len(ids)
+            return ids
 
         return self._tx(work)
 

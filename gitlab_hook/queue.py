@@ -62,6 +62,20 @@ class TaskQueue:
         for action_id in action_ids:
             self._run_action(action_id)
 
+    def queued_action_ids(self) -> set[int]:
+        """Outbox ids that have a run_action task waiting in huey's queue or schedule."""
+        ids: set[int] = set()
+        storage = self.huey.storage
+        name = self.huey._registry.task_to_string(self._run_action.task_class)
+        for data in [*storage.enqueued_items(), *storage.scheduled_items()]:
+            try:
+                msg = self.huey.serializer.deserialize(data)
+            except Exception:  # a message from another version: not ours to judge
+                continue
+            if msg.name == name and msg.args:
+                ids.add(int(msg.args[0]))
+        return ids
+
     def depth(self) -> tuple[int, int]:
         """(tasks waiting, tasks scheduled for later)."""
         return self.huey.pending_count(), self.huey.scheduled_count()

@@ -46,7 +46,7 @@ def build_worker(settings: Settings) -> tuple[TaskQueue, Redriver]:
     alerts = logging.getLogger("gitlab_hook.alerts")
     runner = ActionRunner(store, DRY_RUN_HANDLERS, alert=lambda text: alerts.error("ALERT (dry-run): %s", text),
                           give_up_after=env.TASK_GIVE_UP_AFTER, owner=owner)
-    redriver = Redriver(store, queue.submit, owner)
+    redriver = Redriver(store, queue.submit, owner, queued_action_ids=queue.queued_action_ids)
 
     def housekeeping() -> None:
         n = store.prune(dedupe_ttl=env.DEDUPE_TTL_SECONDS, dedupe_max=env.DEDUPE_MAX_ENTRIES)

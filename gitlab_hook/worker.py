@@ -116,17 +116,26 @@ class Redriver:
     """Hands unfinished outbox rows back to the queue: at worker start, then periodically."""
 
     def __init__(self, store: IntakeStore, submit: Callable[[list[int]], None], owner: str, *,
-                 grace: float = 30.0):
+                 queued_action_ids: Callable[[], set[int]] = set, grace: float = 30.0):
         self.store, self.submit, self.owner, self.grace = store, submit, owner, grace
+        self.queued_action_ids = queued_action_ids
 
     def at_start(self) -> int:
-        """Release rows a dead worker held and queue every unfinished row at once."""
+        """Queue at once every unfinished row that has no task waiting in the queue.
+
+        That covers rows a dead worker held (released here), tasks a killed worker had already
+        taken out of huey's storage but not yet claimed, and enqueues that failed after the
+        outbox commit. Rows whose task still waits are left alone: no no-op tasks in front of new work.
+        """
         released = self.store.release_orphans(lambda o: owner_is_gone(o, me=self.owner))
-        ids = self.store.redrivable(grace=0.0)
-        if ids:
-            self.submit(ids)
-        log.info("worker start: %d orphaned rows released, %d unfinished rows queued", released, len(ids))
-        return len(ids)
+        unfinished = self.store.redrivable(grace=0.0, limit=1_000_000)
+        waiting = self.queued_action_ids()
+        missing = [i for i in unfinished if i not in waiting]
+        if missing:
+            self.submit(missing)
+        log.info("worker start: %d orphaned rows released, %d rows without a queued task re-queued",
+                 len(released), len(missing))
+        return len(missing)
 
     def __call__(self) -> int:
         ids = self.store.redrivable(grace=self.grace)
