@@ -10,10 +10,11 @@ import sys
 import time
 from typing import Sequence
 
-from gitlab_hook.effects import DRY_RUN_HANDLERS
 from gitlab_hook.intake import IntakeStore
 from gitlab_hook.queue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
+from gitlab_hook.telegram import escape
+from gitlab_hook.wiring import build_handlers, make_notifier
 from gitlab_hook.worker import ActionRunner, Redriver, make_owner
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,13 @@ def build_worker(settings: Settings) -> tuple[TaskQueue, Redriver]:
     queue = TaskQueue(make_huey(settings))
     store = IntakeStore(settings.data_dir / "intake.db")
     owner = make_owner()
-    alerts = logging.getLogger("gitlab_hook.alerts")
-    runner = ActionRunner(store, DRY_RUN_HANDLERS, alert=lambda text: alerts.error("ALERT (dry-run): %s", text),
+    notifier = make_notifier(settings)
+
+    def alert(text: str) -> None:
+        log.error("ALERT: %s", text)
+        notifier.send_html("⚠️ " + escape(text))
+
+    runner = ActionRunner(store, build_handlers(settings, notifier), alert=alert,
                           give_up_after=env.TASK_GIVE_UP_AFTER, owner=owner)
     redriver = Redriver(store, queue.submit, owner, queued_action_ids=queue.queued_action_ids)
 

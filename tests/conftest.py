@@ -110,3 +110,52 @@ def post(client) -> Callable[..., Any]:
         return client.post("/gitlab/webhook", data=data, headers=h)
 
     return send
+
+
+# --- fakes of the outside systems, shared by the tests that need them ----------------------
+
+BOT_TOKEN = "123456:FAKE-token_for-tests-abcdefghijklmnop"
+CHAT_ID = -100777
+THREAD_ID = 42
+IAM_TOKEN = "test-token"
+
+
+@pytest.fixture
+def compute_api():
+    """A fake Yandex Compute + Operation API on 127.0.0.1 (STOPPED → STARTING → RUNNING in 0.1 s)."""
+    from tests.fakes.yandex_cloud import FakeComputeAPI
+
+    with FakeComputeAPI(tokens=(IAM_TOKEN,), transition_seconds=0.1) as api:
+        yield api
+
+
+@pytest.fixture
+def bot_api():
+    """A fake Telegram Bot API on 127.0.0.1 that records what was sent."""
+    from tests.fakes.telegram_api import FakeBotAPI
+
+    with FakeBotAPI(BOT_TOKEN) as api:
+        yield api
+
+
+@pytest.fixture
+def compute_client(compute_api):
+    """The real ComputeClient talking to the fake, with quick retries."""
+    from gitlab_hook.yandex import ComputeClient, StaticTokenProvider
+
+    client = ComputeClient(compute_url=compute_api.url, operation_url=compute_api.operation_url,
+                           folder_id=compute_api.folder_id, token_provider=StaticTokenProvider(IAM_TOKEN),
+                           backoff_base=0.01, backoff_cap=0.05, timeout=(1, 2))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def notifier(bot_api):
+    """The real TelegramNotifier talking to the fake Bot API."""
+    from gitlab_hook.telegram import TelegramNotifier
+
+    n = TelegramNotifier(token=BOT_TOKEN, chat_id=CHAT_ID, thread_id=THREAD_ID, api_url=bot_api.url,
+                         backoff=0.01)
+    yield n
+    n.close()

@@ -1,0 +1,62 @@
+"""Build the worker's clients and handlers from validated settings: live where configured, else dry-run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler
+from gitlab_hook.integrations import integrations
+from gitlab_hook.planner import ENSURE_RUNNING
+from gitlab_hook.runner_control import RunnerControl
+from gitlab_hook.settings import Settings
+from gitlab_hook.telegram import Notifier, build_notifier
+from gitlab_hook.vm_state import VmState
+from gitlab_hook.yandex import ComputeClient, choose_token_provider, metadata_folder_id
+
+log = logging.getLogger(__name__)
+
+
+def _url(value: object) -> str:
+    return str(value).rstrip("/")
+
+
+def make_notifier(settings: Settings) -> Notifier:
+    """The Telegram notifier, or the dry-run one that logs what it would send."""
+    env = settings.env
+    return build_notifier(
+        token=env.TELEGRAM_BOT_TOKEN.get_secret_value() if env.TELEGRAM_BOT_TOKEN else None,
+        chat_id=env.TELEGRAM_CHAT_ID, thread_id=env.TELEGRAM_THREAD_ID, api_url=_url(env.TELEGRAM_API_URL))
+
+
+def compute_factory(settings: Settings) -> Callable[[], ComputeClient]:
+    """A lazy ComputeClient: built on first use (the folder may come from the metadata service), then kept."""
+    env = settings.env
+    lock = threading.Lock()
+    built: list[ComputeClient] = []
+
+    def get() -> ComputeClient:
+        with lock:
+            if not built:
+                folder = env.YC_FOLDER_ID or metadata_folder_id(_url(env.YC_METADATA_URL))
+                tokens = choose_token_provider(
+                    iam_token=env.YC_IAM_TOKEN.get_secret_value() if env.YC_IAM_TOKEN else None,
+                    sa_key_file=env.YC_SA_KEY_FILE, iam_url=_url(env.YC_IAM_URL),
+                    metadata_url=_url(env.YC_METADATA_URL))
+                built.append(ComputeClient(compute_url=_url(env.YC_COMPUTE_URL),
+                                           operation_url=_url(env.YC_OPERATION_URL),
+                                           folder_id=folder, token_provider=tokens))
+            return built[0]
+
+    return get
+
+
+def build_handlers(settings: Settings, notifier: Notifier) -> dict[str, Handler]:
+    """Action kind → handler: the real one where its integration is configured, else the dry-run one."""
+    live = {i.name for i in integrations(settings) if i.live}
+    handlers: dict[str, Handler] = dict(DRY_RUN_HANDLERS)
+    if "yandex_compute" in live:
+        control = RunnerControl(compute_factory(settings), notifier, VmState(settings.data_dir / "intake.db"))
+        handlers[ENSURE_RUNNING] = control.ensure_running
+    return handlers
