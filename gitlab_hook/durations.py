@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)", re.IGNORECASE)
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)", re.IGNORECASE)  # "ms" before "m"
 _UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
@@ -13,14 +14,20 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError("expected a duration like 30m, 90s or 1h30m")
     if isinstance(text, (int, float)):
-        if text < 0:
+        try:
+            value = float(text)
+        except OverflowError:  # an int too large for a float
+            value = math.inf
+        if not math.isfinite(value):
+            raise ValueError("a duration must be a finite number")
+        if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(text)
+        return value
     if not isinstance(text, str):
         raise ValueError("expected a duration like 30m, 90s or 1h30m")
     s = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
+        return parse_duration(float(s))
     pos, total = 0, 0.0
     for m in _PART.finditer(s):
         if s[pos:m.start()].strip():
@@ -29,7 +36,7 @@ def parse_duration(text: str | int | float) -> float:
         pos = m.end()
     if pos == 0 or s[pos:].strip():
         raise ValueError(f"{text!r} is not a duration like 30m, 90s or 1h30m")
-    return total
+    return parse_duration(total)  # refuses an overflow to infinity
 
 
 def format_duration(seconds: float) -> str:

@@ -124,8 +124,9 @@ class IntakeStore:
         return conn
 
     def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn = self._conn()
         try:
+            # Inside the try: a connection opened lazily in a new thread can fail too.
+            conn = self._conn()
             conn.execute("begin immediate")
             try:
                 out = fn(conn)

@@ -12,7 +12,8 @@ from pythonjsonlogger.json import JsonFormatter
 MASK = "***"
 # Secrets we were not told about but recognise by shape: bot tokens in URLs, bearer headers.
 _SHAPES = [
-    re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),  # Telegram bot token
+    # Telegram bot token, also inside ".../bot<TOKEN>/method" where no word boundary precedes it.
+    re.compile(r"(?<![0-9])\d{6,12}:[A-Za-z0-9_-]{30,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{16,}"),
     re.compile(r"(?i)(private-token[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._-]{10,}"),
 ]
@@ -41,6 +42,11 @@ class SecretMasker(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.mask(record.exc_text)
+            # Formatters that render exc_info themselves (the JSON one does) would print the
+            # unmasked traceback: leave them only the masked text.
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
         if masked != msg or record.args:
             record.msg, record.args = masked, None
         return True

@@ -133,9 +133,9 @@ class Rules(_Strict):
 
     @model_validator(mode="after")
     def _unique_vms(self) -> "Rules":
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for i, r in enumerate(self.runners):
             if r.vm in seen:
-                raise ValueError(f"runners[{i}].vm: {r.vm!r} is listed twice")
-            seen.add(r.vm)
+                raise ValueError(f"runners.{i}.vm: {r.vm!r} is listed twice (first at runners.{seen[r.vm]}.vm)")
+            seen[r.vm] = i
         return self

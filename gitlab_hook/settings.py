@@ -51,7 +51,7 @@ class EnvSettings(BaseSettings):
     DEDUPE_TTL_SECONDS: int = Field(default=7 * 86400, ge=60)
     DEDUPE_MAX_ENTRIES: int = Field(default=200_000, ge=100)
     TASK_GIVE_UP_AFTER: int = Field(default=3600, ge=60)
-    WORKER_THREADS: int = Field(default=4, ge=1, le=64)
+    WORKER_THREADS: int = Field(default=8, ge=1, le=64)  # mostly waiting on outside APIs
     WEB_WORKERS: int = Field(default=2, ge=1, le=64)
     WEB_THREADS: int = Field(default=8, ge=1, le=256)
 
@@ -120,6 +120,8 @@ def load_rules(path: Path | None) -> tuple[Rules, str | None]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"GITLAB_HOOK_CONFIG: cannot read {source}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

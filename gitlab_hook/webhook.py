@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -88,9 +87,7 @@ def handle_delivery(deps: Intake, headers: Mapping[str, str], body: bytes) -> An
     key = dedupe_key(headers, header or event.object_kind)
     try:
         accepted = deps.store.accept(key or "none:" + uuid.uuid4().hex, event.object_kind, plan.actions)
-    except (StorageError, sqlite3.Error, OSError) as exc:
-        # sqlite3.Error/OSError: a connection opened lazily in this thread can fail outside the
-        # store's own error translation (data dir gone, file unreadable); still "unavailable".
+    except StorageError as exc:
         log.error("webhook could not record a delivery: %s", exc)
         return Answer(503, {"error": "queue storage is unavailable; GitLab may retry"}, "unavailable", label)
     if accepted.duplicate:

@@ -20,7 +20,20 @@ class AuthError(Exception):
 def _token_ok(given: str | None, secret: str | None) -> bool:
     if not given or not secret:
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
+    # The secret's bytes as configured (os.environ decodes undecodable bytes with surrogateescape).
+    want = secret.encode("utf-8", "surrogateescape")
+    # WSGI servers hand header values over as latin-1 decoded bytes (PEP 3333), so GitLab's UTF-8
+    # bytes of a non-ASCII token come back with .encode("latin-1"); a caller passing real text
+    # (not via WSGI) is matched by its UTF-8 bytes. ASCII tokens are the same either way.
+    candidates = [given.encode("utf-8", "surrogatepass")]
+    try:
+        candidates.append(given.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    ok = False
+    for candidate in candidates:
+        ok |= hmac.compare_digest(candidate, want)
+    return ok
 
 
 def _signature_ok(headers: Mapping[str, str], body: bytes, signing_token: str, tolerance: float,
