@@ -29,11 +29,15 @@ def integrations(settings: Settings) -> list[Integration]:
         yc = "static IAM token (YC_IAM_TOKEN; cannot refresh: replace it before it expires)"
     elif env.YC_SA_KEY_FILE is not None:
         yc = f"service-account key {env.YC_SA_KEY_FILE}"
-    elif env.YC_FOLDER_ID is not None:
+    elif env.YC_FOLDER_ID is not None or "YC_METADATA_URL" in env.model_fields_set:
+        # On a Yandex VM with a service account: token (and folder, if not given) from metadata.
         yc = "VM metadata service token"
     else:
         yc = ""
-    out.append(Integration("yandex_compute", bool(yc), yc or "no YC_IAM_TOKEN, YC_SA_KEY_FILE or YC_FOLDER_ID"))
+    if yc:
+        yc += f"; folder {env.YC_FOLDER_ID or 'from the metadata service'}"
+    out.append(Integration("yandex_compute", bool(yc),
+                           yc or "no YC_IAM_TOKEN, YC_SA_KEY_FILE, YC_FOLDER_ID or YC_METADATA_URL"))
 
     if env.TELEGRAM_BOT_TOKEN is not None and env.TELEGRAM_CHAT_ID is not None:
         where = f"chat {env.TELEGRAM_CHAT_ID}" + (f", topic {env.TELEGRAM_THREAD_ID}" if env.TELEGRAM_THREAD_ID else "")
