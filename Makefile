@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GITLAB_HOOK_CONFIG ?= config.example.yaml
 export GITLAB_HOOK_CONFIG
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --select F,E9 gitlab_hook bot tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
