@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from gitlab_hook.durations import parse_duration
+from gitlab_hook.windows import Window, parse_windows
 
 # Yandex Cloud resource names: https://yandex.cloud/en/docs/compute/concepts/vm#name
 VM_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -73,6 +74,17 @@ class RunnerRule(_Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Moscow)") from None
         return v
+
+    @field_validator("keep_running")
+    @classmethod
+    def _windows(cls, v: str | list[str] | None) -> str | list[str] | None:
+        parse_windows(v)  # WindowError is a ValueError: pydantic reports it under this key
+        return v
+
+    @property
+    def windows(self) -> tuple[Window, ...]:
+        """The parsed keep_running windows."""
+        return parse_windows(self.keep_running)
 
     @field_validator("idle_stop_after")
     @classmethod
