@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from gitlab_hook.effects import Context, Effect, TransientError
+from gitlab_hook.ledger import Ledger
 from gitlab_hook.telegram import Notifier, TelegramSendError, escape
 from gitlab_hook.vm_state import VmState
 from gitlab_hook.yandex import (
@@ -67,9 +68,9 @@ class RunnerControl:
     """The start path for one VM at a time; handed its clients, never creating them."""
 
     def __init__(self, compute: Callable[[], ComputeClient], notifier: Notifier, state: VmState, *,
-                 policy: StartPolicy = StartPolicy(), clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
-        self._compute, self.notifier, self.state = compute, notifier, state
+                 ledger: Ledger | None = None, policy: StartPolicy = StartPolicy(),
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self._compute, self.notifier, self.state, self.ledger = compute, notifier, state, ledger
         self.policy, self.clock, self.sleep = policy, clock, sleep
 
     # --- the ensure_running action --------------------------------------------------------
@@ -127,6 +128,10 @@ class RunnerControl:
         progress = self.state.save_progress(key, vm=vm, instance_id=inst.id, operation_id=op.id,
                                             started_at=self.clock())
         log.info("%s: start requested (operation %s) for %s", vm, op.id, payload.get("cause"))
+        if self.ledger is not None:
+            who = f"@{payload['user']}" if payload.get("user") else ""
+            self.ledger.record(vm, "on", payload.get("cause", "push"),
+                               f"{who} to {payload.get('branch', '?')} ({(payload.get('sha') or '')[:8]})".strip())
         return self._finish_start(vm, payload, ctx, compute, progress)
 
     def _finish_start(self, vm: str, payload: dict[str, Any], ctx: Context, compute: ComputeClient,

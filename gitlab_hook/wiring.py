@@ -8,6 +8,7 @@ from typing import Callable
 
 from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler
 from gitlab_hook.integrations import integrations
+from gitlab_hook.ledger import Ledger
 from gitlab_hook.planner import ENSURE_RUNNING
 from gitlab_hook.runner_control import RunnerControl
 from gitlab_hook.settings import Settings
@@ -57,6 +58,7 @@ def build_handlers(settings: Settings, notifier: Notifier) -> dict[str, Handler]
     live = {i.name for i in integrations(settings) if i.live}
     handlers: dict[str, Handler] = dict(DRY_RUN_HANDLERS)
     if "yandex_compute" in live:
-        control = RunnerControl(compute_factory(settings), notifier, VmState(settings.data_dir / "intake.db"))
+        db = settings.data_dir / "intake.db"
+        control = RunnerControl(compute_factory(settings), notifier, VmState(db), ledger=Ledger(db))
         handlers[ENSURE_RUNNING] = control.ensure_running
     return handlers

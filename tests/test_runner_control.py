@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from gitlab_hook.effects import Context, TransientError
+from gitlab_hook.ledger import Ledger
 from gitlab_hook.runner_control import RunnerControl, StartPolicy
 from gitlab_hook.vm_state import VmState
 from tests.conftest import CHAT_ID, THREAD_ID
@@ -26,15 +27,20 @@ def state(tmp_path):
 
 
 @pytest.fixture
-def control(compute_client, notifier, state):
-    return RunnerControl(lambda: compute_client, notifier, state, policy=FAST)
+def ledger(tmp_path):
+    return Ledger(tmp_path / "intake.db")
+
+
+@pytest.fixture
+def control(compute_client, notifier, state, ledger):
+    return RunnerControl(lambda: compute_client, notifier, state, ledger=ledger, policy=FAST)
 
 
 def texts(bot_api):
     return [m.text for m in bot_api.messages(CHAT_ID)]
 
 
-def test_stopped_vm_is_started_once_and_the_chat_gets_a_pair_of_messages(control, compute_api, bot_api):
+def test_stopped_vm_is_started_once_and_the_chat_gets_a_pair_of_messages(control, compute_api, bot_api, ledger):
     vm = compute_api.add_instance("buildfront")
     effect = control.ensure_running(PUSH, ctx())
     assert compute_api.status(vm) == "RUNNING"
@@ -44,6 +50,7 @@ def test_stopped_vm_is_started_once_and_the_chat_gets_a_pair_of_messages(control
     assert sent[1].startswith("✅ buildfront is RUNNING (took ") and sent[1].endswith(" s)")
     assert len(sent) == 2 and "RUNNING" in effect.summary
     assert all(m.thread_id == THREAD_ID for m in bot_api.messages(CHAT_ID))
+    assert ledger.last("buildfront")[:2] == ("on", "push")
 
 
 @pytest.mark.parametrize("status", ["RUNNING", "STARTING", "PROVISIONING"])
