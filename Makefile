@@ -14,6 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip check
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

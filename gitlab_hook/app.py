@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gitlab_hook.intake import IntakeStore
 from gitlab_hook.metrics import CONTENT_TYPE, StorageCollector, WebMetrics, storage_exposition
-from gitlab_hook.queue import TaskQueue, make_huey
+from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
 from gitlab_hook.webhook import Answer, Intake, handle_delivery
 

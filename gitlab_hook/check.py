@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from gitlab_hook.integrations import integrations
 from gitlab_hook.intake import IntakeStore
 from gitlab_hook.logs import SecretMasker
-from gitlab_hook.queue import TaskQueue, make_huey
+from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
 
 PROBE_TIMEOUT = (3.05, 5.0)

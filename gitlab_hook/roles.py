@@ -11,7 +11,7 @@ import time
 from typing import Sequence
 
 from gitlab_hook.intake import IntakeStore
-from gitlab_hook.queue import TaskQueue, make_huey
+from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
 from gitlab_hook.telegram import escape
 from gitlab_hook.wiring import build_handlers, make_notifier
@@ -72,6 +72,9 @@ def run_worker(settings: Settings) -> None:
         # Poll often: an idle queue answers a new push within ~50 ms, at a trivial cost in SQLite reads.
         initial_delay=0.02, backoff=1.5, max_delay=0.1,
         graceful_signal="TERM", shutdown_timeout=25)
+    # huey restarts itself on SIGHUP with os.execl(python, *sys.argv), which would run our
+    # __main__.py as a plain script (wrong import path). A closed terminal means "stop": drain.
+    consumer._signal_actions[signal.SIGHUP] = (False, True)
     log.info("worker started: %d threads", settings.env.WORKER_THREADS)
     consumer.run()
 
@@ -94,6 +97,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # A closed terminal (``make run``) sends SIGHUP: stop the tree too, never leave the children behind.
+        signal.signal(signal.SIGHUP, self._on_signal)
         for name in self.commands:
             self._start(name)
         restarts: dict[str, list[float]] = {n: [] for n in self.commands}

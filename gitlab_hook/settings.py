@@ -85,7 +85,8 @@ class Settings:
 
     def with_env(self, **changes: Any) -> "Settings":
         """A copy with some environment values replaced (validated again)."""
-        data = {k: v for k, v in self.env}
+        # Only what was set: "which variables were given" matters (e.g. YC_METADATA_URL turns Yandex on).
+        data = {k: getattr(self.env, k) for k in self.env.model_fields_set}
         data.update(changes)
         return Settings(_validate_env(data, "overrides"), self.rules, self.rules_source)
 

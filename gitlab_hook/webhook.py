@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from gitlab_hook import planner
 from gitlab_hook.events import PayloadError, UnsupportedEvent, parse_event
 from gitlab_hook.intake import IntakeStore, StorageError
-from gitlab_hook.queue import TaskQueue
+from gitlab_hook.taskqueue import TaskQueue
 from gitlab_hook.rules import Rules
 from gitlab_hook.webhook_auth import AuthError, verify_delivery
 

@@ -12,7 +12,7 @@ import yaml
 
 from gitlab_hook.app import create_app
 from gitlab_hook.intake import IntakeStore
-from gitlab_hook.queue import TaskQueue, make_huey
+from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings, load_settings
 
 DATA = Path(__file__).parent / "data" / "gitlab"

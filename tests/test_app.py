@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from gitlab_hook.app import create_app
 from gitlab_hook.intake import IntakeStore
-from gitlab_hook.queue import TaskQueue, make_huey
+from gitlab_hook.taskqueue import TaskQueue, make_huey
 from tests.conftest import SECRET, failed_job_payload, payload, push_payload
 
 SIGNING_KEY = "whsec_" + base64.b64encode(b"k" * 32).decode()

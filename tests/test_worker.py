@@ -10,7 +10,7 @@ from huey import MemoryHuey
 from gitlab_hook.effects import DRY_RUN_HANDLERS, Effect, PermanentError, TransientError
 from gitlab_hook.intake import IntakeStore
 from gitlab_hook.planner import Action
-from gitlab_hook.queue import TaskQueue
+from gitlab_hook.taskqueue import TaskQueue
 from gitlab_hook.worker import ActionRunner, Redriver, backoff, make_owner, owner_is_gone
 from tests.test_intake import Clock
 

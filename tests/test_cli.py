@@ -1,0 +1,302 @@
+"""``gitlab-hook check`` and start-up errors, through ``gitlab_hook.cli.main`` (and once as a real process)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from gitlab_hook import cli
+from gitlab_hook.settings import EnvSettings
+from tests.conftest import RULES
+from tests.fakes.telegram_api import FakeBotAPI
+from tests.processes import ROOT, free_port
+
+GITLAB_TOKEN = "glpat-Distinctive6itlabT0ken-4815"
+BOT_TOKEN = "424242424:AAHdistinctive_Bot_T0ken-value-162342"
+WEBHOOK_SECRET = "webhook-Distinctive-S3cret-2718"
+SECRETS = (GITLAB_TOKEN, BOT_TOKEN, WEBHOOK_SECRET)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path) -> None:
+    """Only what a test sets: no GITLAB_*, YC_*, TELEGRAM_*, KUBE*, REDIS_URL or knobs from outside."""
+    for name in list(os.environ):
+        if name.startswith(("GITLAB_", "YC_", "TELEGRAM_", "KUBE", "REDIS_")) or name in EnvSettings.model_fields:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "var"))
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """``main`` configures the root logger for the process; give the next tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    noisy = {n: logging.getLogger(n).level for n in ("urllib3", "httpx", "httpcore", "huey.consumer.Scheduler")}
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    for n, lvl in noisy.items():
+        logging.getLogger(n).setLevel(lvl)
+
+
+def _rules(tmp_path: Path, rules: Any, monkeypatch) -> Path:
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(rules if isinstance(rules, str) else yaml.safe_dump(rules))
+    monkeypatch.setenv("GITLAB_HOOK_CONFIG", str(cfg))
+    return cfg
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class FakeGitLab:
+    """Answers ``GET /api/v4/version`` like GitLab: 200 with the right PRIVATE-TOKEN, else 401."""
+
+    def __init__(self, token: str, status: int | None = None):
+        self.token, self.status, self.seen = token, status, []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.seen.append((self.path, self.headers.get("PRIVATE-TOKEN")))
+                if self.path != "/api/v4/version":
+                    code, body = 404, {"message": "404 Not Found"}
+                elif fake.status is not None:
+                    code, body = fake.status, {"message": f"{fake.status}"}
+                elif self.headers.get("PRIVATE-TOKEN") != fake.token:
+                    code, body = 401, {"message": "401 Unauthorized"}
+                else:
+                    code, body = 200, {"version": "17.5.1-ee", "revision": "1a2b3c4d", "enterprise": True}
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gitlab() -> Iterator[FakeGitLab]:
+    fake = FakeGitLab(GITLAB_TOKEN)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeBotAPI]:
+    with FakeBotAPI(token=BOT_TOKEN) as api:
+        yield api
+
+
+@pytest.fixture
+def configured(monkeypatch, tmp_path, gitlab, telegram) -> None:
+    """Rules, the webhook secret, GitLab and Telegram set; Yandex Cloud and Kubernetes not (dry-run)."""
+    _rules(tmp_path, RULES, monkeypatch)
+    monkeypatch.setenv("GITLAB_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.setenv("GITLAB_URL", gitlab.url)
+    monkeypatch.setenv("GITLAB_TOKEN", GITLAB_TOKEN)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", "-1001234567890")
+    monkeypatch.setenv("TELEGRAM_API_URL", telegram.url)
+
+
+def _status(out: str, name: str) -> str:
+    """The status word of one integration line of ``check``'s output."""
+    assert "\nintegrations:\n" in out, out
+    for line in out.split("\nintegrations:\n", 1)[1].splitlines():
+        parts = line.split()
+        if parts and parts[0] == name and len(parts) > 1:
+            return parts[1]
+    raise AssertionError(f"no line for {name} in:\n{out}")
+
+
+def _assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+        # Nor a recognisable part of one (a token printed half-masked is still leaked).
+        for part in ("Distinctive6itlab", "distinctive_Bot", "Distinctive-S3cret"):
+            assert part not in text
+
+
+# --- invalid configuration stops the start -----------------------------------------------------
+
+
+@pytest.mark.parametrize("rules, key, problem", [
+    ({"runners": [{"vm": "buildfront", "branches": ["stage"], "idle_stop_after": "10s"}]},
+     "runners.0.idle_stop_after", "at least 1m"),
+    ({"runners": [{"vm": "buildfront", "branches": ["stage"], "timezone": "Mars/Olympus"}]},
+     "runners.0.timezone", "unknown time zone"),
+    ({"runners": [{"vm": "buildfront", "branchs": ["stage"]}]}, "runners.0.branchs", "unknown key"),
+    ({"runners": [{"vm": "Build_Front", "branches": ["stage"]}]}, "runners.0.vm", "Yandex Cloud VM name"),
+    ({"migrations": {"job_name_regex": "migrat("}}, "migrations.job_name_regex", "not a valid regular expression"),
+    ({"telegram": {"users": {"123": "superuser"}}}, "telegram.users.123", "'viewer', 'operator' or 'admin'"),
+])
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_an_invalid_rules_file_exits_2_naming_the_file_the_key_and_the_problem(
+        command, rules, key, problem, tmp_path, monkeypatch, capsys):
+    cfg = _rules(tmp_path, rules, monkeypatch)
+    code, out, err = _run([command], capsys)
+    assert code == 2
+    assert str(cfg) in err and key in err and problem in err, err
+    assert "listening" not in out  # nothing started
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("runners: [vm: x\n", "not valid YAML"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+])
+def test_a_rules_file_that_is_not_a_mapping_exits_2(text, problem, tmp_path, monkeypatch, capsys):
+    cfg = _rules(tmp_path, text, monkeypatch)
+    code, _, err = _run(["serve"], capsys)
+    assert code == 2 and str(cfg) in err and problem in err, err
+
+
+def test_a_missing_rules_file_exits_2_naming_the_variable_and_the_path(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nope.yaml"
+    monkeypatch.setenv("GITLAB_HOOK_CONFIG", str(missing))
+    code, _, err = _run(["check"], capsys)
+    assert code == 2 and "GITLAB_HOOK_CONFIG" in err and str(missing) in err, err
+
+
+@pytest.mark.parametrize("name, value", [
+    ("TELEGRAM_CHAT_ID", "abc"),
+    ("WEB_WORKERS", "0"),
+    ("GITLAB_URL", "not a url"),
+    ("GITLAB_WEBHOOK_SIGNING_TOKEN", "Distinctive-S3cret-not-whsec"),
+])
+@pytest.mark.parametrize("command", ["serve", "check", "worker"])
+def test_an_invalid_variable_exits_2_naming_it_without_echoing_the_value(
+        command, name, value, monkeypatch, capsys):
+    monkeypatch.setenv(name, value)
+    code, out, err = _run([command], capsys)
+    assert code == 2
+    assert name in err, err
+    assert value not in err and value not in out
+
+
+def test_the_real_entry_point_exits_2_on_invalid_config(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path / "var"), "TELEGRAM_CHAT_ID": "abc"}
+    p = subprocess.run([sys.executable, "-m", "gitlab_hook", "serve", "--port", str(free_port())], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, p.stderr
+    assert "TELEGRAM_CHAT_ID" in p.stderr and "invalid configuration" in p.stderr
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def test_check_exits_0_when_every_configured_integration_answers(configured, gitlab, telegram, capsys):
+    code, out, err = _run(["check"], capsys)
+    assert code == 0, out + err
+    assert _status(out, "queue") == "ok"
+    assert _status(out, "gitlab") == "ok" and "GitLab 17.5.1-ee" in out
+    assert _status(out, "telegram") == "ok" and "@" in out
+    # Not configured: reported as dry-run, not as failures.
+    assert _status(out, "yandex_compute") == "dry-run"
+    assert _status(out, "kubernetes") == "dry-run"
+    assert out.rstrip().endswith("check: ok")
+    # The probes really went out, with the real credentials.
+    assert gitlab.seen == [("/api/v4/version", GITLAB_TOKEN)]
+    assert [c.status for c in telegram.calls_of("getMe")] == [200]
+
+
+def test_check_prints_the_config_with_every_secret_masked(configured, capsys):
+    code, out, err = _run(["check"], capsys)
+    assert code == 0, out + err
+    _assert_no_secret(out, err)
+    for name in ("GITLAB_TOKEN", "TELEGRAM_BOT_TOKEN", "GITLAB_WEBHOOK_SECRET"):
+        assert f"{name} = *** (set)" in out
+    assert "TELEGRAM_CHAT_ID = -1001234567890" in out
+    assert "runner buildfront: branches stage, release/*" in out
+
+
+def test_check_exits_1_when_gitlab_refuses_the_token(configured, gitlab, capsys):
+    gitlab.status = 401
+    code, out, err = _run(["check"], capsys)
+    assert code == 1
+    assert _status(out, "gitlab") == "failed" and "401" in out
+    assert _status(out, "telegram") == "ok"
+    assert "check: FAILED: gitlab" in out
+    _assert_no_secret(out, err)
+
+
+def test_check_exits_1_when_gitlab_is_unreachable(configured, monkeypatch, capsys):
+    monkeypatch.setenv("GITLAB_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    code, out, err = _run(["check"], capsys)
+    assert code == 1
+    assert _status(out, "gitlab") == "failed" and "unreachable" in out
+    assert "check: FAILED: gitlab" in out
+    _assert_no_secret(out, err)
+
+
+def test_check_exits_1_when_telegram_refuses_the_bot_token(configured, monkeypatch, capsys):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN.replace("AAH", "BBH"))
+    code, out, err = _run(["check"], capsys)
+    assert code == 1
+    assert _status(out, "telegram") == "failed" and "401" in out
+    assert "check: FAILED: telegram" in out
+    assert BOT_TOKEN.replace("AAH", "BBH") not in out + err
+
+
+def test_check_with_nothing_configured_reports_dry_run_and_exits_0(capsys):
+    code, out, err = _run(["check"], capsys)
+    assert code == 0, out + err
+    for name in ("yandex_compute", "telegram", "gitlab", "kubernetes"):
+        assert _status(out, name) == "dry-run"
+    assert _status(out, "queue") == "ok"
+    assert "nothing watched" in out
+
+
+# --- bot ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["bot"], ["bot", "--console"]])
+def test_bot_says_it_is_not_built_yet(argv, capsys):
+    code, out, err = _run(argv, capsys)
+    assert code != 0
+    assert "not built yet" in err
+
+
+def test_a_generated_webhook_secret_changes_nothing_else(monkeypatch, tmp_path, capsys):
+    """``serve`` without GITLAB_WEBHOOK_SECRET: the banner's integrations are those of the environment."""
+    from gitlab_hook.integrations import banner, integrations
+    from gitlab_hook.settings import load_settings
+
+    _rules(tmp_path, RULES, monkeypatch)
+    before = load_settings()
+    after, secret = cli._ensure_secret(before)
+    assert secret and secret in capsys.readouterr().out
+    assert after.env.GITLAB_WEBHOOK_SECRET.get_secret_value() == secret
+    assert integrations(after) == integrations(before)
+    text = banner(after, host="127.0.0.1", port=8080, generated_secret=True)
+    for name in ("yandex_compute", "telegram", "gitlab", "kubernetes"):
+        assert any(line.split()[:2] == [name, "DRY-RUN"] for line in text.splitlines()), text
