@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from gitlab_hook.planner import Action
+from gitlab_hook.sqlite_db import Database, StorageError  # noqa: F401  (StorageError is part of this API)
 
 SCHEMA = """
 create table if not exists deliveries (
@@ -60,10 +60,6 @@ create table if not exists journal (
 """
 
 
-class StorageError(Exception):
-    """The intake storage cannot be used (disk full, locked for too long, unreadable)."""
-
-
 @dataclass(frozen=True)
 class Accepted:
     """What ``accept`` did with a delivery."""
@@ -103,40 +99,10 @@ class IntakeStore:
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0):
         self.path = str(path)
         self.clock = clock
-        self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn().executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open intake storage {self.path}: {exc}") from None
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("pragma journal_mode=wal")
-            # FULL: an accepted delivery survives power loss, not only a process crash.
-            conn.execute("pragma synchronous=full")
-            self._local.conn = conn
-        return conn
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        try:
-            # Inside the try: a connection opened lazily in a new thread can fail too.
-            conn = self._conn()
-            conn.execute("begin immediate")
-            try:
-                out = fn(conn)
-            except BaseException:
-                conn.execute("rollback")
-                raise
-            conn.execute("commit")
-            return out
-        except sqlite3.Error as exc:
-            raise StorageError(f"intake storage error: {exc}") from None
+        # FULL: an accepted delivery survives power loss, not only a process crash.
+        self.db = Database(path, schema=SCHEMA, synchronous="full", lock_timeout=busy_timeout)
+        self._tx = self.db.tx
+        self._conn = self.db.conn
 
     # --- web side -------------------------------------------------------------------------
 
@@ -169,7 +135,8 @@ class IntakeStore:
                 new.append(cur.lastrowid)
             return Accepted(delivery, False, tuple(ids), tuple(new))
 
-        return self._tx(work)
+        # Group commit: concurrent deliveries in this process share one transaction and one fsync.
+        return self.db.batched_tx(work)
 
     def ping(self) -> None:
         """Prove the storage can be written (readiness)."""

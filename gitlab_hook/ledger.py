@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from gitlab_hook.sqlite_db import Database
 
 SCHEMA = """
 create table if not exists power_events (
@@ -41,36 +42,23 @@ class Ledger:
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time):
         self.path, self.clock = str(path), clock
-        self._local = threading.local()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            conn.execute("pragma journal_mode=wal")
-            self._local.conn = conn
-        return conn
+        self.db = Database(path, schema=SCHEMA, synchronous="full")
+        self._conn = self.db.conn
 
     def record(self, vm: str, state: str, cause: str, detail: str = "", at: float | None = None) -> bool:
         """Append a power change; a repeat of the VM's current state is ignored (returns False)."""
         at = self.clock() if at is None else at
-        c = self._conn()
-        c.execute("begin immediate")
-        try:
+
+        def work(c: sqlite3.Connection) -> bool:
             last = c.execute("select state from power_events where vm = ? and at <= ? order by at desc, id desc "
                              "limit 1", (vm, at)).fetchone()
             if last and last[0] == state:
-                c.execute("rollback")
                 return False
             c.execute("insert into power_events (vm, at, state, cause, detail) values (?, ?, ?, ?, ?)",
                       (vm, at, state, cause, detail))
-            c.execute("commit")
             return True
-        except BaseException:
-            c.execute("rollback")
-            raise
+
+        return self.db.tx(work)
 
     def last(self, vm: str) -> tuple[str, str, float] | None:
         """The VM's latest (state, cause, at), if any."""
