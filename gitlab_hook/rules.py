@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from gitlab_hook.durations import parse_duration
+from gitlab_hook.redaction import validate_pattern
 from gitlab_hook.windows import Window, parse_windows
 
 # Yandex Cloud resource names: https://yandex.cloud/en/docs/compute/concepts/vm#name
@@ -37,6 +38,13 @@ def _regex(value: str) -> str:
 
 
 Regex = Annotated[str, BeforeValidator(lambda v: _regex(v) if isinstance(v, str) else v)]
+
+
+def _redact_pattern(value: str) -> str:
+    # Runs over every log line: refuse patterns that match nothing useful or backtrack badly.
+    if isinstance(value, str):
+        validate_pattern(value)
+    return value
 
 
 class _Strict(BaseModel):
@@ -109,7 +117,7 @@ class MigrationsRule(_Strict):
     namespaces: dict[str, str] = Field(default_factory=dict)
     default_namespace: str | None = None
     tail_lines: int = Field(default=200, ge=1, le=100_000)
-    redact_patterns: list[Regex] = Field(default_factory=list)
+    redact_patterns: list[Annotated[str, BeforeValidator(_redact_pattern)]] = Field(default_factory=list)
 
     @field_validator("namespaces")
     @classmethod
