@@ -56,8 +56,10 @@ def integrations(settings: Settings) -> list[Integration]:
                                str(env.KUBE_API_URL) if env.KUBE_TOKEN else "KUBE_API_URL without KUBE_TOKEN"))
     elif env.KUBECONFIG:
         out.append(Integration("kubernetes", True, f"KUBECONFIG {env.KUBECONFIG}"))
+    elif env.KUBERNETES_SERVICE_HOST:
+        out.append(Integration("kubernetes", True, "in-cluster service account"))
     else:
-        out.append(Integration("kubernetes", False, "no KUBECONFIG or KUBE_API_URL (in-cluster config is tried at use)"))
+        out.append(Integration("kubernetes", False, "no KUBECONFIG or KUBE_API_URL, not running in a cluster"))
     return out
 
 
@@ -71,6 +73,5 @@ def banner(settings: Settings, *, host: str, port: int, generated_secret: bool) 
         lines.append("  webhook secret: generated for this run (set GITLAB_WEBHOOK_SECRET to keep one)")
     for i in integrations(settings):
         lines.append(f"  {i.name:15} {'live   ' if i.live else 'DRY-RUN'} {i.detail}")
-    lines.append("  actions of dry-run integrations are logged, not performed; "
-                 "in this version every action runs in dry-run (the live adapters arrive with issues 3 and 4)")
+    lines.append("  what a dry-run integration would do is logged, not performed")
     return "\n".join(lines)

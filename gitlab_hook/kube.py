@@ -419,7 +419,30 @@ class PodLogs:
 
     def read_logs(self, pod: PodInfo, container: str, *, tail_lines: int, limit_bytes: int,
                   previous: bool = False) -> LogText:
-        """At most limit_bytes of the container's last tail_lines lines, streamed, never whole in memory."""
+        """The END of the container's log: its last lines, at most tail_lines and limit_bytes of them.
+
+        The kubelet applies tailLines first and then cuts limitBytes from the start of that tail,
+        which would keep the oldest part and lose the last lines, where errors are. When the
+        first read is cut, ask again for fewer lines (estimated from what was read) until the
+        tail fits; each read stays bounded by limit_bytes.
+        """
+        text = self._read_once(pod, container, tail_lines=tail_lines, limit_bytes=limit_bytes, previous=previous)
+        for _ in range(4):
+            if not text.truncated:
+                return text
+            lines = text.text.count("\n")
+            if lines < 2:
+                break
+            tail_lines = max(1, int(lines * 0.8))
+            again = self._read_once(pod, container, tail_lines=tail_lines, limit_bytes=limit_bytes, previous=previous)
+            text = LogText(again.text, True, again.bytes_read) if not again.truncated else again
+            if not again.truncated:
+                return text
+        return text
+
+    def _read_once(self, pod: PodInfo, container: str, *, tail_lines: int, limit_bytes: int,
+                   previous: bool) -> LogText:
+        """One bounded, streamed read of the log (never whole in memory)."""
         check_namespace(pod.namespace)
         check_pod_name(pod.name)
         check_container_name(container)

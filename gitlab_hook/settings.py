@@ -41,6 +41,8 @@ class EnvSettings(BaseSettings):
     KUBE_API_URL: AnyHttpUrl | None = None
     KUBE_TOKEN: SecretStr | None = None
     KUBE_CA_FILE: Path | None = None
+    # Set by Kubernetes in every pod: its presence means in-cluster config can be used.
+    KUBERNETES_SERVICE_HOST: str | None = None
     DATA_DIR: Path = Path("./var")
     REDIS_URL: SecretStr | None = None  # may carry a password
     # Service knobs (documented in the README).

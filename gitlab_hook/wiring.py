@@ -9,7 +9,10 @@ from typing import Callable
 from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler
 from gitlab_hook.integrations import integrations
 from gitlab_hook.ledger import Ledger
-from gitlab_hook.planner import ENSURE_RUNNING
+from gitlab_hook.gitlab_api import GitLabAPI
+from gitlab_hook.kube import PodLogs, load_api_client
+from gitlab_hook.migration_watch import MigrationWatch
+from gitlab_hook.planner import ENSURE_RUNNING, REPORT_MIGRATION_FAILURE
 from gitlab_hook.runner_control import RunnerControl
 from gitlab_hook.settings import Settings
 from gitlab_hook.telegram import Notifier, build_notifier
@@ -31,26 +34,52 @@ def make_notifier(settings: Settings) -> Notifier:
         chat_id=env.TELEGRAM_CHAT_ID, thread_id=env.TELEGRAM_THREAD_ID, api_url=_url(env.TELEGRAM_API_URL))
 
 
-def compute_factory(settings: Settings) -> Callable[[], ComputeClient]:
-    """A lazy ComputeClient: built on first use (the folder may come from the metadata service), then kept."""
-    env = settings.env
+def _lazy(build: Callable[[], object]) -> Callable[[], object]:
+    """Build a client on first use (a bad kubeconfig must not stop the worker), then keep it."""
     lock = threading.Lock()
-    built: list[ComputeClient] = []
+    built: list[object] = []
 
-    def get() -> ComputeClient:
+    def get() -> object:
         with lock:
             if not built:
-                folder = env.YC_FOLDER_ID or metadata_folder_id(_url(env.YC_METADATA_URL))
-                tokens = choose_token_provider(
-                    iam_token=env.YC_IAM_TOKEN.get_secret_value() if env.YC_IAM_TOKEN else None,
-                    sa_key_file=env.YC_SA_KEY_FILE, iam_url=_url(env.YC_IAM_URL),
-                    metadata_url=_url(env.YC_METADATA_URL))
-                built.append(ComputeClient(compute_url=_url(env.YC_COMPUTE_URL),
-                                           operation_url=_url(env.YC_OPERATION_URL),
-                                           folder_id=folder, token_provider=tokens))
+                built.append(build())
             return built[0]
 
     return get
+
+
+def compute_factory(settings: Settings) -> Callable[[], ComputeClient]:
+    """A lazy ComputeClient; the folder may come from the metadata service, so not at start-up."""
+    env = settings.env
+
+    def build() -> ComputeClient:
+        folder = env.YC_FOLDER_ID or metadata_folder_id(_url(env.YC_METADATA_URL))
+        tokens = choose_token_provider(
+            iam_token=env.YC_IAM_TOKEN.get_secret_value() if env.YC_IAM_TOKEN else None,
+            sa_key_file=env.YC_SA_KEY_FILE, iam_url=_url(env.YC_IAM_URL), metadata_url=_url(env.YC_METADATA_URL))
+        return ComputeClient(compute_url=_url(env.YC_COMPUTE_URL), operation_url=_url(env.YC_OPERATION_URL),
+                             folder_id=folder, token_provider=tokens)
+
+    return _lazy(build)  # type: ignore[return-value]
+
+
+def pods_factory(settings: Settings) -> Callable[[], PodLogs]:
+    """A lazy PodLogs over the configured cluster."""
+    env = settings.env
+
+    def build() -> PodLogs:
+        return PodLogs(load_api_client(
+            kubeconfig=env.KUBECONFIG, api_url=_url(env.KUBE_API_URL) if env.KUBE_API_URL else None,
+            token=env.KUBE_TOKEN.get_secret_value() if env.KUBE_TOKEN else None,
+            ca_file=str(env.KUBE_CA_FILE) if env.KUBE_CA_FILE else None))
+
+    return _lazy(build)  # type: ignore[return-value]
+
+
+def gitlab_factory(settings: Settings) -> Callable[[], GitLabAPI]:
+    """A lazy GitLab API client."""
+    env = settings.env
+    return _lazy(lambda: GitLabAPI(_url(env.GITLAB_URL), env.GITLAB_TOKEN.get_secret_value()))  # type: ignore
 
 
 def build_handlers(settings: Settings, notifier: Notifier) -> dict[str, Handler]:
@@ -61,4 +90,11 @@ def build_handlers(settings: Settings, notifier: Notifier) -> dict[str, Handler]
         db = settings.data_dir / "intake.db"
         control = RunnerControl(compute_factory(settings), notifier, VmState(db), ledger=Ledger(db))
         handlers[ENSURE_RUNNING] = control.ensure_running
+    if live & {"telegram", "kubernetes"}:
+        # Whatever is configured is used; what is missing becomes a note in the alert.
+        watch = MigrationWatch(
+            settings.rules.migrations, notifier, VmState(settings.data_dir / "intake.db"),
+            pods=pods_factory(settings) if "kubernetes" in live else None,
+            gitlab=gitlab_factory(settings) if "gitlab" in live else None)
+        handlers[REPORT_MIGRATION_FAILURE] = watch.report_failure
     return handlers
