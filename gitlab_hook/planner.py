@@ -12,6 +12,13 @@ from gitlab_hook.rules import Rules, RunnerRule
 
 ENSURE_RUNNING = "ensure_running"
 REPORT_MIGRATION_FAILURE = "report_migration_failure"
+# Operator commands (bot, console), queued like webhook work. Payloads:
+#   vm_start / vm_stop: {"vm": str, "by": "@user" | "console", "progress": {"chat_id": int, "message_id": int} | None}
+#   vm_resize: the same plus {"cores": int, "memory_gb": float, "core_fraction": int | None}
+# "progress" names a chat message the handler edits as it goes (None: send new messages).
+VM_START = "vm_start"
+VM_STOP = "vm_stop"
+VM_RESIZE = "vm_resize"
 
 # Pipelines in these states are waiting for a runner: a pipeline started from the UI, the API,
 # a schedule or a retry needs the VM as much as a push does.
