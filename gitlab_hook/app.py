@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gitlab_hook.intake import IntakeStore
+from gitlab_hook.ledger import Ledger
 from gitlab_hook.metrics import CONTENT_TYPE, StorageCollector, WebMetrics, storage_exposition
 from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
@@ -29,7 +30,7 @@ def create_app(settings: Settings, *, store: IntakeStore | None = None, queue: T
         rules=settings.rules, store=store, queue=queue, secret=secret,
         signing_token=env.GITLAB_WEBHOOK_SIGNING_TOKEN.get_secret_value() if env.GITLAB_WEBHOOK_SIGNING_TOKEN else None,
         tolerance=env.WEBHOOK_SIGNATURE_TOLERANCE)
-    collector = StorageCollector(store, queue.depth)
+    collector = StorageCollector(store, queue.depth, Ledger(settings.data_dir / "intake.db"))
 
     app = Flask(__name__)
     # Werkzeug refuses a body whose Content-Length is over this before reading it.

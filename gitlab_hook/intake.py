@@ -93,6 +93,10 @@ def _row(r: sqlite3.Row | tuple) -> ActionRow:
     return ActionRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
 
 
+# Seconds from an accepted delivery to its effect done (a start requested, an alert sent).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+
+
 class IntakeStore:
     """SQLite-backed dedupe + outbox. Safe for many threads and processes on one host."""
 
@@ -179,8 +183,10 @@ class IntakeStore:
                 (state, now, not_before, error, result, action_id, owner))
             if cur.rowcount != 1:
                 return False  # the lease was lost to another worker: its outcome wins
-            kind = c.execute("select kind from actions where id = ?", (action_id,)).fetchone()[0]
+            kind, created = c.execute("select kind, created from actions where id = ?", (action_id,)).fetchone()
             self._bump(c, "task_outcomes", json.dumps([kind, outcome]))
+            if outcome == "done":
+                self._observe_latency(c, kind, now - created)
             for entry in journal:
                 c.execute("insert into journal (action_id, at, entry) values (?, ?, ?)", (action_id, now, entry))
             return True
@@ -253,6 +259,25 @@ class IntakeStore:
             return n
 
         return self._tx(work)
+
+    def _observe_latency(self, c: sqlite3.Connection, kind: str, seconds: float) -> None:
+        # A Prometheus histogram kept in durable counters, so every process sees the same one.
+        for le in LATENCY_BUCKETS:
+            if seconds <= le:
+                self._bump(c, "action_seconds_bucket", json.dumps([kind, str(le)]))
+        self._bump(c, "action_seconds_count", json.dumps([kind]))
+        self._bump(c, "action_seconds_sum_ms", json.dumps([kind]), int(seconds * 1000))
+
+    def latency_histograms(self) -> dict[str, tuple[list[tuple[str, int]], int, float]]:
+        """kind → (cumulative buckets [(le, count)], count, sum in seconds): accepted → done."""
+        buckets = self.counters("action_seconds_bucket")
+        counts = self.counters("action_seconds_count")
+        sums = self.counters("action_seconds_sum_ms")
+        out = {}
+        for (kind,), count in counts.items():
+            bs = [(str(le), buckets.get((kind, str(le)), 0)) for le in LATENCY_BUCKETS] + [("+Inf", count)]
+            out[kind] = (bs, count, sums.get((kind,), 0) / 1000)
+        return out
 
     @staticmethod
     def _bump(c: sqlite3.Connection, name: str, labels: str, by: int = 1) -> None:

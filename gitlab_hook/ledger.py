@@ -60,6 +60,10 @@ class Ledger:
 
         return self.db.tx(work)
 
+    def vms(self) -> list[str]:
+        """Every VM the ledger has heard of."""
+        return [r[0] for r in self._conn().execute("select distinct vm from power_events order by vm")]
+
     def last(self, vm: str) -> tuple[str, str, float] | None:
         """The VM's latest (state, cause, at), if any."""
         row = self._conn().execute("select state, cause, at from power_events where vm = ? order by at desc, id desc "
@@ -71,7 +75,7 @@ class Ledger:
         """Per VM over [start, end): hours on, hours and money saved against always-on, what woke it."""
         prices = prices or {}
         c = self._conn()
-        names = vms or [r[0] for r in c.execute("select distinct vm from power_events order by vm")]
+        names = vms or self.vms()
         period_hours = (end - start) / 3600
         out = []
         for vm in names:

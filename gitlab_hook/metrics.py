@@ -6,10 +6,11 @@ import logging
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from gitlab_hook.intake import IntakeStore
+from gitlab_hook.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class WebMetrics:
 class StorageCollector(Collector):
     """Queue depth, outbox rows and task outcomes, read at scrape time (shared by every process)."""
 
-    def __init__(self, store: IntakeStore, depth: Callable[[], tuple[int, int]]):
-        self.store, self.depth = store, depth
+    def __init__(self, store: IntakeStore, depth: Callable[[], tuple[int, int]], ledger: Ledger | None = None):
+        self.store, self.depth, self.ledger = store, depth, ledger
 
     def collect(self) -> Iterator:
         try:
@@ -69,8 +70,25 @@ class StorageCollector(Collector):
             yield outcomes
             yield GaugeMetricFamily("gitlab_hook_dedupe_records", "Remembered delivery keys.",
                                     value=self.store.dedupe_size())
+            hist = HistogramMetricFamily("gitlab_hook_action_seconds",
+                                         "Seconds from an accepted delivery to its effect (start requested, "
+                                         "alert sent).", labels=["kind"])
+            for kind, (buckets, _count, total) in sorted(self.store.latency_histograms().items()):
+                hist.add_metric([kind], buckets, total)
+            yield hist
         except Exception as exc:
             log.warning("outbox metrics unavailable: %s", exc)
+        if self.ledger is None:
+            return
+        try:
+            power = GaugeMetricFamily("gitlab_hook_vm_running", "1 when the ledger's last word on a VM is 'on'.",
+                                      labels=["vm"])
+            for vm in self.ledger.vms():
+                last = self.ledger.last(vm)
+                power.add_metric([vm], 1.0 if last and last[0] == "on" else 0.0)
+            yield power
+        except Exception as exc:
+            log.warning("VM power metrics unavailable: %s", exc)
 
 
 def storage_exposition(collector: StorageCollector) -> bytes:
