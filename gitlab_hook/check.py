@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
-import requests
+import re
 import sys
+
+import requests
 from pydantic import SecretStr
 
 from gitlab_hook.integrations import integrations
@@ -14,9 +16,7 @@ from gitlab_hook.intake import IntakeStore
 from gitlab_hook.logs import SecretMasker
 from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
-
-PROBE_TIMEOUT = (3.05, 5.0)
-
+from gitlab_hook.wiring import compute_factory, gitlab_factory, make_notifier, pods_factory
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -34,28 +34,43 @@ def _probe_queue(settings: Settings) -> str:
 
 
 def _probe_gitlab(settings: Settings) -> str:
-    env = settings.env
-    url = str(env.GITLAB_URL).rstrip("/") + "/api/v4/version"
-    r = requests.get(url, headers={"PRIVATE-TOKEN": env.GITLAB_TOKEN.get_secret_value()}, timeout=PROBE_TIMEOUT)
-    if r.status_code != 200:
-        raise RuntimeError(f"GET /api/v4/version answered HTTP {r.status_code}")
-    return f"GitLab {r.json().get('version', '?')}"
+    return f"GitLab {gitlab_factory(settings)().version()}"
 
 
 def _probe_telegram(settings: Settings) -> str:
-    env = settings.env
-    url = f"{str(env.TELEGRAM_API_URL).rstrip('/')}/bot{env.TELEGRAM_BOT_TOKEN.get_secret_value()}/getMe"
-    r = requests.get(url, timeout=PROBE_TIMEOUT)
-    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-    if not data.get("ok"):
-        raise RuntimeError(f"getMe answered HTTP {r.status_code}: {data.get('description', 'no description')}")
-    return f"bot @{data['result'].get('username', '?')}"
+    notifier = make_notifier(settings)
+    try:
+        return f"bot {notifier.probe()}"
+    finally:
+        notifier.close()
+
+
+def _probe_yandex(settings: Settings) -> str:
+    compute = compute_factory(settings)()
+    vms = compute.list_instances()
+    pattern = re.compile(settings.rules.vms.name_regex)
+    mine = [v.name for v in vms if pattern.search(v.name)]
+    missing = [r.vm for r in settings.rules.runners if r.vm not in {v.name for v in vms} | {v.id for v in vms}]
+    if missing:
+        raise RuntimeError(f"folder {compute.folder_id} has no VM named {', '.join(missing)}")
+    return f"folder {compute.folder_id}: {len(vms)} VMs, {len(mine)} match vms.name_regex"
+
+
+def _probe_kubernetes(settings: Settings) -> str:
+    m = settings.rules.migrations
+    namespaces = sorted(set(m.namespaces.values()) | ({m.default_namespace} if m.default_namespace else set()))
+    if not namespaces:
+        return "reachable config; no namespaces in migrations.namespaces to check"
+    pods = pods_factory(settings)()
+    return "; ".join(f"{ns}: {pods.probe(ns)} pods listed" for ns in namespaces)
 
 
 PROBES: dict[str, Callable[[Settings], str]] = {
     "queue": _probe_queue,
     "gitlab": _probe_gitlab,
     "telegram": _probe_telegram,
+    "yandex_compute": _probe_yandex,
+    "kubernetes": _probe_kubernetes,
 }
 
 

@@ -362,6 +362,14 @@ class PodLogs:
         self.api = client.CoreV1Api(api_client)
         self.request_timeout = request_timeout or getattr(api_client, "request_timeout", None) or 10.0
 
+    def probe(self, namespace: str) -> int:
+        """Check we may list pods in ``namespace`` (for ``check``); the number seen on one page."""
+        check_namespace(namespace)
+        items = _call(lambda: self.api.list_namespaced_pod(namespace, limit=50,
+                                                           _request_timeout=self.request_timeout).items or [],
+                      "list", "pods", namespace)
+        return len(items)
+
     def find_pod(self, namespace: str, name_regex: str, *, sha: str | None = None,
                  pipeline_id: int | None = None, job_id: int | None = None) -> PodInfo:
         """The pod for this commit/pipeline/job by labels or annotations, else the newest matching one."""

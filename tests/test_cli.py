@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +15,7 @@ import yaml
 from gitlab_hook import cli
 from gitlab_hook.settings import EnvSettings
 from tests.conftest import RULES
+from tests.fakes.gitlab_api import FakeGitLab
 from tests.fakes.telegram_api import FakeBotAPI
 from tests.processes import ROOT, free_port
 
@@ -65,49 +63,10 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-class FakeGitLab:
-    """Answers ``GET /api/v4/version`` like GitLab: 200 with the right PRIVATE-TOKEN, else 401."""
-
-    def __init__(self, token: str, status: int | None = None):
-        self.token, self.status, self.seen = token, status, []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.seen.append((self.path, self.headers.get("PRIVATE-TOKEN")))
-                if self.path != "/api/v4/version":
-                    code, body = 404, {"message": "404 Not Found"}
-                elif fake.status is not None:
-                    code, body = fake.status, {"message": f"{fake.status}"}
-                elif self.headers.get("PRIVATE-TOKEN") != fake.token:
-                    code, body = 401, {"message": "401 Unauthorized"}
-                else:
-                    code, body = 200, {"version": "17.5.1-ee", "revision": "1a2b3c4d", "enterprise": True}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def gitlab() -> Iterator[FakeGitLab]:
-    fake = FakeGitLab(GITLAB_TOKEN)
-    yield fake
-    fake.close()
+    with FakeGitLab(GITLAB_TOKEN) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -225,7 +184,7 @@ def test_check_exits_0_when_every_configured_integration_answers(configured, git
     assert _status(out, "kubernetes") == "dry-run"
     assert out.rstrip().endswith("check: ok")
     # The probes really went out, with the real credentials.
-    assert gitlab.seen == [("/api/v4/version", GITLAB_TOKEN)]
+    assert [(c.path, c.headers.get("private-token")) for c in gitlab.calls] == [("/version", GITLAB_TOKEN)]
     assert [c.status for c in telegram.calls_of("getMe")] == [200]
 
 
@@ -240,7 +199,7 @@ def test_check_prints_the_config_with_every_secret_masked(configured, capsys):
 
 
 def test_check_exits_1_when_gitlab_refuses_the_token(configured, gitlab, capsys):
-    gitlab.status = 401
+    gitlab.fail(401, path="/version", times=None, body={"message": "401 Unauthorized"})
     code, out, err = _run(["check"], capsys)
     assert code == 1
     assert _status(out, "gitlab") == "failed" and "401" in out
@@ -253,7 +212,7 @@ def test_check_exits_1_when_gitlab_is_unreachable(configured, monkeypatch, capsy
     monkeypatch.setenv("GITLAB_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     code, out, err = _run(["check"], capsys)
     assert code == 1
-    assert _status(out, "gitlab") == "failed" and "unreachable" in out
+    assert _status(out, "gitlab") == "failed" and "cannot reach GitLab" in out
     assert "check: FAILED: gitlab" in out
     _assert_no_secret(out, err)
 
@@ -262,7 +221,7 @@ def test_check_exits_1_when_telegram_refuses_the_bot_token(configured, monkeypat
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN.replace("AAH", "BBH"))
     code, out, err = _run(["check"], capsys)
     assert code == 1
-    assert _status(out, "telegram") == "failed" and "401" in out
+    assert _status(out, "telegram") == "failed" and "rejected" in out
     assert "check: FAILED: telegram" in out
     assert BOT_TOKEN.replace("AAH", "BBH") not in out + err
 
@@ -300,3 +259,34 @@ def test_a_generated_webhook_secret_changes_nothing_else(monkeypatch, tmp_path, 
     text = banner(after, host="127.0.0.1", port=8080, generated_secret=True)
     for name in ("yandex_compute", "telegram", "gitlab", "kubernetes"):
         assert any(line.split()[:2] == [name, "DRY-RUN"] for line in text.splitlines()), text
+
+
+def test_check_probes_yandex_and_kubernetes_when_configured(configured, monkeypatch, capsys, compute_api):
+    from tests.fakes.kube_api import FakeKubeAPI
+
+    compute_api.add_instance("buildfront")
+    compute_api.add_instance("buildback")
+    with FakeKubeAPI(namespaces=["work"]) as kube:
+        for name, value in {"YC_COMPUTE_URL": compute_api.url, "YC_IAM_TOKEN": "test-token",
+                            "YC_FOLDER_ID": compute_api.folder_id, "KUBE_API_URL": kube.url,
+                            "KUBE_TOKEN": kube.token}.items():
+            monkeypatch.setenv(name, value)
+        code, out, err = _run(["check"], capsys)
+        assert code == 0, out
+        assert _status(out, "yandex_compute") == "ok" and "2 VMs, 2 match vms.name_regex" in out
+        assert _status(out, "kubernetes") == "ok" and "work: 0 pods listed" in out
+        kube.deny("list", "pods", "work")
+        compute_api.add_instance("other")
+        code, out, err = _run(["check"], capsys)
+        assert code == 1 and _status(out, "kubernetes") == "failed" and "list" in out
+        _assert_no_secret(out, err)
+        assert "test-token" not in out + err and kube.token not in out + err
+
+
+def test_check_names_a_runner_vm_missing_from_the_folder(configured, monkeypatch, capsys, compute_api):
+    compute_api.add_instance("buildfront")
+    for name, value in {"YC_COMPUTE_URL": compute_api.url, "YC_IAM_TOKEN": "test-token",
+                        "YC_FOLDER_ID": compute_api.folder_id}.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = _run(["check"], capsys)
+    assert code == 1 and _status(out, "yandex_compute") == "failed" and "buildback" in out
