@@ -116,11 +116,11 @@ class IntakeStore:
         delivery = uuid.uuid4().hex
 
         def work(c: sqlite3.Connection) -> Accepted:
-            found = c.execute("select delivery from deliveries where dedupe_key = ?", (dedupe_key,)).fetchone()
-            if found:
+            # One statement on the hot path: a duplicate is the rare case that needs a second one.
+            if c.execute("insert or ignore into deliveries (dedupe_key, delivery, event, received) values (?, ?, ?, ?)",
+                         (dedupe_key, delivery, event, now)).rowcount == 0:
+                found = c.execute("select delivery from deliveries where dedupe_key = ?", (dedupe_key,)).fetchone()
                 return Accepted(found[0], duplicate=True)
-            c.execute("insert into deliveries (dedupe_key, delivery, event, received) values (?, ?, ?, ?)",
-                      (dedupe_key, delivery, event, now))
             ids, new = [], []
             for a in actions:
                 if a.once:

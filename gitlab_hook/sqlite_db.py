@@ -83,8 +83,8 @@ class Database:
     def batched_tx(self, work: Work) -> Any:
         """Like ``tx`` but committed together with concurrent callers (one fsync for many).
 
-        A single writer thread per process takes whatever is waiting, runs each piece under its
-        own savepoint (so one failure does not undo the others) and commits once.
+        A single writer thread per process takes whatever is waiting, runs the pieces in one
+        transaction and commits once; if any piece fails, each is run again on its own.
         """
         if self._batch_queue is None:
             with self._batch_lock:
@@ -107,39 +107,24 @@ class Database:
             self._commit_batch(batch)
 
     def _commit_batch(self, batch: list[tuple[Work, Future]]) -> None:
-        results: list[tuple[Future, Any, BaseException | None]] = []
         try:
             conn = self.conn()
             self._begin(conn)
             try:
-                for work, fut in batch:
-                    conn.execute("savepoint item")
-                    try:
-                        results.append((fut, work(conn), None))
-                        conn.execute("release item")
-                    except Exception as exc:
-                        conn.execute("rollback to item")
-                        conn.execute("release item")
-                        results.append((fut, None, exc))
+                results = [work(conn) for work, _ in batch]
                 conn.execute("commit")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("rollback")
                 raise
-        except sqlite3.Error as exc:
-            err = StorageError(f"storage error in {Path(self.path).name}: {exc}")
-            for _, fut in batch:
-                fut.set_exception(err)
-            return
-        except BaseException as exc:  # keep the writer alive whatever happens
-            for _, fut in batch:
-                if not fut.done():
+        except Exception:
+            # Something in the batch failed: nothing was committed. Run each piece in its own
+            # transaction so one bad piece fails alone (rare; the fast path has no savepoints).
+            for work, fut in batch:
+                try:
+                    fut.set_result(self.tx(work))
+                except Exception as exc:
                     fut.set_exception(exc)
             return
-        for fut, value, exc in results:
-            if exc is None:
-                fut.set_result(value)
-            elif isinstance(exc, sqlite3.Error):
-                fut.set_exception(StorageError(f"storage error in {Path(self.path).name}: {exc}"))
-            else:
-                fut.set_exception(exc)
+        for (_, fut), value in zip(batch, results):
+            fut.set_result(value)
