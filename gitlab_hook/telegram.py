@@ -180,7 +180,28 @@ def _retry_after_seconds(exc: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
 
 
-class TelegramNotifier:
+class _TextSends:
+    """send_html / send_plain on top of a class's own ``_send_text`` (real or dry-run)."""
+
+    def _send_text(self, text: str, html_mode: bool, chat_id: ChatId | None,
+                   thread_id: int | None) -> list[int]:
+        raise NotImplementedError
+
+    def send_html(
+        self, html_text: str, *, chat_id: ChatId | None = None, thread_id: int | None = None
+    ) -> list[int]:
+        """Send HTML text (split, or a head plus .txt file, when long); returns the message ids."""
+        return self._send_text(html_text, True, chat_id, thread_id)
+
+    def send_plain(
+        self, text: str, *, chat_id: ChatId | None = None, thread_id: int | None = None
+    ) -> list[int]:
+        """Send text without parse mode (the fallback after TelegramFormatError); returns ids."""
+        return self._send_text(text, False, chat_id, thread_id)
+
+
+
+class TelegramNotifier(_TextSends):
     """Thread-safe synchronous facade over a PTB bot that runs on a private event loop."""
 
     def __init__(
@@ -252,18 +273,6 @@ class TelegramNotifier:
         self._thread.start()
 
     # -- public, synchronous ---------------------------------------------------------------
-
-    def send_html(
-        self, html_text: str, *, chat_id: ChatId | None = None, thread_id: int | None = None
-    ) -> list[int]:
-        """Send HTML text (split, or a head plus .txt file, when long); returns the message ids."""
-        return self._send_text(html_text, True, chat_id, thread_id)
-
-    def send_plain(
-        self, text: str, *, chat_id: ChatId | None = None, thread_id: int | None = None
-    ) -> list[int]:
-        """Send text without parse mode (the fallback after TelegramFormatError); returns ids."""
-        return self._send_text(text, False, chat_id, thread_id)
 
     def send_document(
         self,
@@ -462,7 +471,7 @@ class TelegramNotifier:
 # Dry run
 
 
-class DryRunNotifier:
+class DryRunNotifier(_TextSends):
     """Logs exactly what would be sent and returns fake, increasing message ids."""
 
     def __init__(
@@ -493,18 +502,6 @@ class DryRunNotifier:
             )
             ids.append(self._next_id())
         return ids
-
-    def send_html(
-        self, html_text: str, *, chat_id: ChatId | None = None, thread_id: int | None = None
-    ) -> list[int]:
-        """Log the HTML message(s) that would be sent."""
-        return self._send_text(html_text, True, chat_id, thread_id)
-
-    def send_plain(
-        self, text: str, *, chat_id: ChatId | None = None, thread_id: int | None = None
-    ) -> list[int]:
-        """Log the plain message(s) that would be sent."""
-        return self._send_text(text, False, chat_id, thread_id)
 
     def send_document(
         self,
