@@ -29,6 +29,9 @@ def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dic
         "loglevel": "warning",
         "limit_request_line": 8190,
         "limit_request_fields": 100,
+        # gunicorn 27's control socket lives in $HOME (absent for a non-root container user) and
+        # is shared by servers started side by side; we do not use it.
+        "control_socket_disable": True,
     }
 
 
