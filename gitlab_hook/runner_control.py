@@ -69,8 +69,11 @@ class RunnerControl:
 
     def __init__(self, compute: Callable[[], ComputeClient], notifier: Notifier, state: VmState, *,
                  ledger: Ledger | None = None, policy: StartPolicy = StartPolicy(),
+                 on_running: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
         self._compute, self.notifier, self.state, self.ledger = compute, notifier, state, ledger
+        # Called with the VM name once a start is confirmed (the idle stopper unpauses its runners).
+        self.on_running = on_running
         self.policy, self.clock, self.sleep = policy, clock, sleep
 
     # --- the ensure_running action --------------------------------------------------------
@@ -114,6 +117,9 @@ class RunnerControl:
         inst = compute.find_instance(vm)
         if inst.status == STOPPING:
             inst = self._wait_status(compute, inst, {STOPPED}, self.policy.stop_wait, ctx)
+        if inst.status == RUNNING and self.state.holder(f"power:{vm}"):
+            # A stop (idle or manual) holds the VM and is about to act: look again once it has.
+            raise TransientError(f"{vm}: a stop is in progress; will start it again after")
         if inst.status in ALREADY_UP:
             return Effect(f"{vm} is already {inst.status}")
         if inst.status in BROKEN:
@@ -155,6 +161,8 @@ class RunnerControl:
         if not progress.get("running_told"):
             self.notifier.send_html(f"✅ <b>{escape(vm)}</b> is RUNNING (took {took:.0f} s)")
             self.state.save_progress(key, running_told=True)
+        if self.on_running is not None:
+            self.on_running(vm)
         self.state.try_lock(f"running:{vm}", f"action:{ctx.action_id}", self.policy.recently_running)
         return Effect(f"{vm} started and RUNNING after {took:.0f} s")
 

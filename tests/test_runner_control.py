@@ -164,3 +164,17 @@ def test_a_push_right_after_a_confirmed_start_skips_the_api(control, compute_api
     before = len(compute_api.calls)
     effect = control.ensure_running(PUSH, ctx(2))
     assert len(compute_api.calls) == before and "moments ago" in effect.summary
+
+
+def test_confirmed_start_calls_back_and_a_stop_in_progress_defers_the_push(compute_client, notifier, state,
+                                                                          compute_api):
+    compute_api.add_instance("buildfront", status="RUNNING")
+    seen: list[str] = []
+    control = RunnerControl(lambda: compute_client, notifier, state, policy=FAST, on_running=seen.append)
+    assert state.try_lock("power:buildfront", "idle-stop", 60)
+    with pytest.raises(TransientError, match="stop is in progress"):
+        control.ensure_running(PUSH, ctx(1))
+    state.unlock("power:buildfront", "idle-stop")
+    compute_api.set_status(compute_api.add_instance("buildback"), "STOPPED")
+    control.ensure_running({**PUSH, "vm": "buildback"}, ctx(2))
+    assert seen == ["buildback"]
