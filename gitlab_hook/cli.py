@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(settings)
         return 0
     if args.command == "bot":
-        print("gitlab-hook bot: the Telegram bot and console are not built yet (issue 6); "
-              "alerts are sent by the worker.", file=sys.stderr)
-        return 2
+        from bot.run import run_bot
+
+        return run_bot(settings, console=args.console)
     settings, generated = _ensure_secret(settings)
     if not args.quiet:
         print(banner(settings, host=args.host, port=args.port, generated_secret=bool(generated)), flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -37,6 +38,11 @@ class EnvSettings(BaseSettings):
     TELEGRAM_CHAT_ID: int | None = None
     TELEGRAM_THREAD_ID: int | None = None
     TELEGRAM_API_URL: AnyHttpUrl = AnyHttpUrl("https://api.telegram.org")
+    # Bot in webhook mode (else long polling): Telegram posts updates to this public URL.
+    TELEGRAM_WEBHOOK_URL: str | None = None
+    TELEGRAM_WEBHOOK_SECRET: SecretStr | None = None
+    TELEGRAM_WEBHOOK_LISTEN: str = "127.0.0.1"
+    TELEGRAM_WEBHOOK_PORT: int = Field(default=8443, ge=1, le=65535)
     KUBECONFIG: str | None = None
     KUBE_API_URL: AnyHttpUrl | None = None
     KUBE_TOKEN: SecretStr | None = None
@@ -56,6 +62,21 @@ class EnvSettings(BaseSettings):
     WORKER_THREADS: int = Field(default=8, ge=1, le=64)  # mostly waiting on outside APIs
     WEB_WORKERS: int = Field(default=2, ge=1, le=64)
     WEB_THREADS: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("TELEGRAM_WEBHOOK_URL")
+    @classmethod
+    def _tg_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https://[^/\s]+", v):
+            raise ValueError("must be an https:// URL (Telegram sends webhooks only over TLS)")
+        return v
+
+    @field_validator("TELEGRAM_WEBHOOK_SECRET")
+    @classmethod
+    def _tg_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        # https://core.telegram.org/bots/api#setwebhook (secret_token)
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", v.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return v
 
     @field_validator("GITLAB_WEBHOOK_SIGNING_TOKEN")
     @classmethod
