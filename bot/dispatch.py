@@ -21,13 +21,28 @@ from bot.access import Actor, Place, Policy
 from bot.audit import AuditLog, announcement
 from bot.commands import Command, CommandError, UnknownCommand
 from bot.confirm import ConfirmStore
-from bot.services import (ChatOpsServices, JobsCheck, NotConfigured, Report, ServiceError, VmView)
-from bot.sizes import size_problem
+from bot.services import (
+    ChatOpsServices,
+    JobsCheck,
+    NotConfigured,
+    Report,
+    ServiceError,
+    VmView,
+)
 from gitlab_hook.durations import format_duration
 from gitlab_hook.planner import VM_RESIZE, VM_START, VM_STOP
+from gitlab_hook.resize import size_problem
 from gitlab_hook.telegram_format import escape, link
-from gitlab_hook.yandex.compute import (CRASHED, ERROR, PROVISIONING, RESTARTING, RUNNING, STARTING, STOPPED,
-                                        STOPPING)
+from gitlab_hook.yandex.compute import (
+    CRASHED,
+    ERROR,
+    PROVISIONING,
+    RESTARTING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+)
 
 log = logging.getLogger("bot")
 

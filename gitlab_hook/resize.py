@@ -81,6 +81,17 @@ def validate_size(platform_id: str, cores: int, memory_gb: float, core_fraction:
                         f"({lo:g}–{hi:g} GB per core), not {memory_gb:g} GB ({memory_gb / cores:g} GB per core)")
 
 
+def size_problem(platform_id: str, cores: int, memory_gb: float, core_fraction: int) -> str | None:
+    """Why a size is refused, or None when allowed or the platform is not in the table (the API decides)."""
+    if platform_id not in SIZES:
+        return None
+    try:
+        validate_size(platform_id, cores, memory_gb, core_fraction)
+    except SizeError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class Size:
     """Cores, memory (bytes) and core fraction of a VM."""

@@ -524,7 +524,7 @@ def test_a_second_start_while_one_is_queued_is_not_queued_twice(chat, env):
     ("/protect_branch 'bad branch'", "contains a control, format or space character"),
     ("/vm_start buildfrnt", "No VM named buildfrnt. Did you mean buildfront"),
     ("/vm_status prod-db", "prod-db is not one of the build VMs (vms.name_regex is ^build): I leave it alone."),
-    ("/vm_upgrade buildfront 3 8", "Not a size buildfront can have: standard-v3 at 100 % takes 2, 4, … 96 cores"),
+    ("/vm_upgrade buildfront 3 8", "Not a size buildfront can have: standard-v3 at 100% takes 2 to 16 (even), then every 4 up to 96 cores, not 3"),
     ("/vms_list", "Unknown command /vms_list. Did you mean /vms"),
 ])
 def test_bad_arguments_are_answered_with_the_reason_and_usage(chat, env, text, expected):

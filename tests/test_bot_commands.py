@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import BY_NAME, SPECS, UnknownCommand, UsageError, describe, help_html, menu, parse
-from bot.sizes import size_problem
+from bot.commands import (
+    BY_NAME,
+    SPECS,
+    UnknownCommand,
+    UsageError,
+    describe,
+    help_html,
+    menu,
+    parse,
+)
 
 
 def args(text: str, bot: str | None = "fake_bot") -> tuple[str, dict]:
@@ -152,27 +160,3 @@ def test_describe_is_short_and_readable():
     assert describe(parse("/vm_upgrade x 4 8")) == "/vm_upgrade vm=x cores=4 memory_gb=8.0"
 
 
-# --- allowed VM sizes (shared/api-notes.md) ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("platform, cores, mem, fraction", [
-    ("standard-v3", 4, 8, 100), ("standard-v3", 2, 1, 20), ("standard-v3", 24, 312, 100),
-    ("standard-v3", 96, 96, 100), ("standard-v2", 4, 1, 5), ("standard-v2", 80, 80, 100),
-    ("standard-v1", 32, 256, 100), ("standard-v1", 2, 1, 5), ("gpu-standard-v3", 8, 96, 100),
-])
-def test_allowed_sizes(platform, cores, mem, fraction):
-    assert size_problem(platform, cores, mem, fraction) is None
-
-
-@pytest.mark.parametrize("platform, cores, mem, fraction, problem", [
-    ("standard-v3", 4, 8, 5, "does not offer a 5 % core fraction"),
-    ("standard-v3", 8, 8, 50, "at 50 % takes 2, 4 cores, not 8"),
-    ("standard-v3", 3, 6, 100, "takes 2, 4, … 96 cores, not 3"),
-    ("standard-v3", 24, 320, 100, "with 24 cores takes 24–312 GB"),
-    ("standard-v3", 4, 2, 100, "takes 4–64 GB of memory (1–16 GB per core), not 2 GB"),
-    ("standard-v2", 4, 16, 5, "takes 1–8 GB"),
-    ("standard-v1", 4, 40, 100, "takes 4–32 GB"),
-    ("standard-v1", 36, 72, 100, "not 36"),
-])
-def test_sizes_the_api_would_refuse_are_explained(platform, cores, mem, fraction, problem):
-    assert problem in (size_problem(platform, cores, mem, fraction) or "")
