@@ -9,10 +9,10 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gitlab_hook.intake import IntakeStore
-from gitlab_hook.ledger import Ledger
 from gitlab_hook.metrics import CONTENT_TYPE, StorageCollector, WebMetrics, storage_exposition
 from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
+from gitlab_hook.stores import open_stores
 from gitlab_hook.webhook import Answer, Intake, handle_delivery
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ def create_app(settings: Settings, *, store: IntakeStore | None = None, queue: T
                metrics: WebMetrics | None = None, webhook_secret: str | None = None) -> Flask:
     """Build the web app; storage and queue come from settings unless handed in (tests)."""
     env = settings.env
-    store = store or IntakeStore(settings.data_dir / "intake.db")
+    stores = open_stores(settings)  # SQLite in DATA_DIR, or Redis with REDIS_URL
+    store = store or stores.intake
     queue = queue or TaskQueue(make_huey(settings))
     metrics = metrics or WebMetrics()
     secret = webhook_secret or (env.GITLAB_WEBHOOK_SECRET.get_secret_value() if env.GITLAB_WEBHOOK_SECRET else None)
@@ -30,7 +31,7 @@ def create_app(settings: Settings, *, store: IntakeStore | None = None, queue: T
         rules=settings.rules, store=store, queue=queue, secret=secret,
         signing_token=env.GITLAB_WEBHOOK_SIGNING_TOKEN.get_secret_value() if env.GITLAB_WEBHOOK_SIGNING_TOKEN else None,
         tolerance=env.WEBHOOK_SIGNATURE_TOLERANCE)
-    collector = StorageCollector(store, queue.depth, Ledger(settings.data_dir / "intake.db"))
+    collector = StorageCollector(store, queue.depth, stores.ledger)
 
     app = Flask(__name__)
     # Werkzeug refuses a body whose Content-Length is over this before reading it.

@@ -12,10 +12,10 @@ import requests
 from pydantic import SecretStr
 
 from gitlab_hook.integrations import integrations
-from gitlab_hook.intake import IntakeStore
 from gitlab_hook.logs import SecretMasker
 from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
+from gitlab_hook.stores import open_stores
 from gitlab_hook.wiring import compute_factory, gitlab_factory, make_notifier, pods_factory
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ class ProbeResult:
 
 
 def _probe_queue(settings: Settings) -> str:
-    IntakeStore(settings.data_dir / "intake.db").ping()
+    stores = open_stores(settings)
+    stores.intake.ping()
     ready, scheduled = TaskQueue(make_huey(settings)).depth()
-    return f"{ready} ready, {scheduled} scheduled"
+    return f"{ready} ready, {scheduled} scheduled; intake on {stores.backend}"
 
 
 def _probe_gitlab(settings: Settings) -> str:

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from gitlab_hook.sqlite_db import Database
 
@@ -75,29 +75,38 @@ class Ledger:
         """Per VM over [start, end): hours on, hours and money saved against always-on, what woke it."""
         prices = prices or {}
         c = self._conn()
-        names = vms or self.vms()
-        period_hours = (end - start) / 3600
+        now = self.clock()
         out = []
-        for vm in names:
-            u = VmUsage(vm)
+        for vm in vms or self.vms():
             before = c.execute("select state from power_events where vm = ? and at < ? order by at desc, id desc "
                                "limit 1", (vm, start)).fetchone()
-            on_since = start if before and before[0] == "on" else None
             rows = c.execute("select at, state, cause from power_events where vm = ? and at >= ? and at < ? "
                              "order by at, id", (vm, start, end)).fetchall()
-            for at, state, cause in rows:
-                if state == "on" and on_since is None:
-                    on_since = at
-                    u.wakes[cause] += 1
-                elif state == "off" and on_since is not None:
-                    u.intervals.append((on_since, at))
-                    on_since = None
-            if on_since is not None:
-                u.intervals.append((on_since, min(end, max(on_since, self.clock()))))
-            u.hours_on = sum(b - a for a, b in u.intervals) / 3600
-            u.hours_saved = period_hours - u.hours_on
-            if vm in prices:
-                u.cost_saved = round(u.hours_saved * prices[vm], 2)
-                u.cost_spent = round(u.hours_on * prices[vm], 2)
-            out.append(u)
+            out.append(vm_usage(vm, before[0] if before else None, rows, start, end, now, prices.get(vm)))
         return out
+
+
+def vm_usage(vm: str, state_before: str | None, events: Iterable[tuple[float, str, str]], start: float,
+             end: float, now: float, price: float | None = None) -> VmUsage:
+    """One VM's figures over [start, end), from its state before ``start`` and its events inside, in order.
+
+    ``events`` are (at, state, cause) with start <= at < end, ordered by time then insertion.
+    Pure arithmetic: the SQLite and the Redis ledger both call it.
+    """
+    u = VmUsage(vm)
+    on_since = start if state_before == "on" else None
+    for at, state, cause in events:
+        if state == "on" and on_since is None:
+            on_since = at
+            u.wakes[cause] += 1
+        elif state == "off" and on_since is not None:
+            u.intervals.append((on_since, at))
+            on_since = None
+    if on_since is not None:
+        u.intervals.append((on_since, min(end, max(on_since, now))))
+    u.hours_on = sum(b - a for a, b in u.intervals) / 3600
+    u.hours_saved = (end - start) / 3600 - u.hours_on
+    if price is not None:
+        u.cost_saved = round(u.hours_saved * price, 2)
+        u.cost_spent = round(u.hours_on * price, 2)
+    return u

@@ -10,9 +10,9 @@ import sys
 import time
 from typing import Sequence
 
-from gitlab_hook.intake import IntakeStore
 from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
+from gitlab_hook.stores import open_stores
 from gitlab_hook.telegram import escape
 from gitlab_hook.wiring import build_handlers, make_notifier
 from gitlab_hook.worker import ActionRunner, Redriver, make_owner
@@ -42,7 +42,8 @@ def build_worker(settings: Settings) -> tuple[TaskQueue, Redriver]:
     """Wire the queue to the action runner and the periodic chores."""
     env = settings.env
     queue = TaskQueue(make_huey(settings))
-    store = IntakeStore(settings.data_dir / "intake.db")
+    stores = open_stores(settings)  # SQLite in DATA_DIR, or Redis with REDIS_URL
+    store = stores.intake
     owner = make_owner()
     notifier = make_notifier(settings)
 
@@ -50,7 +51,7 @@ def build_worker(settings: Settings) -> tuple[TaskQueue, Redriver]:
         log.error("ALERT: %s", text)
         notifier.send_html("⚠️ " + escape(text))
 
-    runner = ActionRunner(store, build_handlers(settings, notifier), alert=alert,
+    runner = ActionRunner(store, build_handlers(settings, notifier, stores=stores), alert=alert,
                           give_up_after=env.TASK_GIVE_UP_AFTER, owner=owner)
     redriver = Redriver(store, queue.submit, owner, queued_action_ids=queue.queued_action_ids)
 

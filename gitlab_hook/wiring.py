@@ -8,15 +8,14 @@ from typing import Callable
 
 from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler
 from gitlab_hook.integrations import integrations
-from gitlab_hook.ledger import Ledger
 from gitlab_hook.gitlab_api import GitLabAPI
 from gitlab_hook.kube import PodLogs, load_api_client
 from gitlab_hook.migration_watch import MigrationWatch
 from gitlab_hook.planner import ENSURE_RUNNING, REPORT_MIGRATION_FAILURE
 from gitlab_hook.runner_control import RunnerControl
 from gitlab_hook.settings import Settings
+from gitlab_hook.stores import Stores, open_stores
 from gitlab_hook.telegram import Notifier, build_notifier
-from gitlab_hook.vm_state import VmState
 from gitlab_hook.yandex import ComputeClient, choose_token_provider, metadata_folder_id
 
 log = logging.getLogger(__name__)
@@ -82,18 +81,22 @@ def gitlab_factory(settings: Settings) -> Callable[[], GitLabAPI]:
     return _lazy(lambda: GitLabAPI(_url(env.GITLAB_URL), env.GITLAB_TOKEN.get_secret_value()))  # type: ignore
 
 
-def build_handlers(settings: Settings, notifier: Notifier) -> dict[str, Handler]:
-    """Action kind → handler: the real one where its integration is configured, else the dry-run one."""
+def build_handlers(settings: Settings, notifier: Notifier, stores: Stores | None = None) -> dict[str, Handler]:
+    """Action kind → handler: the real one where its integration is configured, else the dry-run one.
+
+    Locks, progress records and the ledger come from ``stores`` (opened from the settings when None).
+    """
     live = {i.name for i in integrations(settings) if i.live}
     handlers: dict[str, Handler] = dict(DRY_RUN_HANDLERS)
     if "yandex_compute" in live:
-        db = settings.data_dir / "intake.db"
-        control = RunnerControl(compute_factory(settings), notifier, VmState(db), ledger=Ledger(db))
+        stores = stores or open_stores(settings)
+        control = RunnerControl(compute_factory(settings), notifier, stores.vm_state, ledger=stores.ledger)
         handlers[ENSURE_RUNNING] = control.ensure_running
     if live & {"telegram", "kubernetes"}:
         # Whatever is configured is used; what is missing becomes a note in the alert.
+        stores = stores or open_stores(settings)
         watch = MigrationWatch(
-            settings.rules.migrations, notifier, VmState(settings.data_dir / "intake.db"),
+            settings.rules.migrations, notifier, stores.vm_state,
             pods=pods_factory(settings) if "kubernetes" in live else None,
             gitlab=gitlab_factory(settings) if "gitlab" in live else None)
         handlers[REPORT_MIGRATION_FAILURE] = watch.report_failure

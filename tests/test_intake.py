@@ -1,4 +1,4 @@
-"""The durable intake store: dedupe, coalescing, leases, retries, orphans, pruning."""
+"""The durable intake store: dedupe, coalescing, leases, retries, orphans, pruning (SQLite and Redis)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 
 from gitlab_hook.intake import IntakeStore, StorageError
 from gitlab_hook.planner import Action
+from gitlab_hook.redis_intake import RedisIntakeStore
+from tests.redis_fixtures import BACKENDS, redis_server_fixture, redis_url_fixture  # noqa: F401
 
 START = Action("ensure_running", "ensure_running:buildfront", {"vm": "buildfront"})
 ALERT = Action("report_migration_failure", "report_migration_failure:job/7", {"job_id": 7}, once=True)
@@ -26,9 +28,18 @@ def clock():
     return Clock()
 
 
+@pytest.fixture(params=BACKENDS)
+def open_store(request, tmp_path, clock):
+    """Open a store on the backend under test; each call is a new store on the same data (file or Redis)."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        return lambda: RedisIntakeStore(url, clock=clock)
+    return lambda: IntakeStore(tmp_path / "intake.db", clock=clock)
+
+
 @pytest.fixture
-def db(tmp_path, clock):
-    return IntakeStore(tmp_path / "intake.db", clock=clock)
+def db(open_store):
+    return open_store()
 
 
 def test_accept_records_delivery_and_actions_and_spots_duplicates(db):
@@ -39,9 +50,10 @@ def test_accept_records_delivery_and_actions_and_spots_duplicates(db):
     assert len(db.rows()) == 1
 
 
-def test_dedupe_survives_a_new_store_on_the_same_file(tmp_path, clock):
-    IntakeStore(tmp_path / "i.db", clock=clock).accept("idem:x", "push", [START])
-    assert IntakeStore(tmp_path / "i.db", clock=clock).accept("idem:x", "push", [START]).duplicate
+def test_dedupe_survives_a_new_store_on_the_same_data(open_store):
+    first = open_store().accept("idem:x", "push", [START])
+    again = open_store().accept("idem:x", "push", [START])
+    assert again.duplicate and again.delivery == first.delivery
 
 
 def test_pending_actions_coalesce_but_a_running_one_does_not(db):
@@ -57,11 +69,18 @@ def test_once_actions_happen_once_ever_unless_they_failed(db):
     a = db.accept("k1", "build", [ALERT])
     (aid,) = a.new_ids
     db.claim(aid, "w:1:x", 60)
+    assert db.accept("k2", "pipeline", [ALERT]).action_ids == (aid,)  # running: coalesces onto it
     db.complete(aid, "w:1:x", "sent")
-    assert db.accept("k2", "pipeline", [ALERT]).new_ids == ()
+    done = db.accept("k3", "pipeline", [ALERT])
+    assert done.new_ids == () and done.action_ids == (aid,)
     # A given-up alert may be tried again when GitLab resends the event.
-    db._tx(lambda c: c.execute("update actions set state = 'failed' where id = ?", (aid,)))
-    assert db.accept("k3", "build", [ALERT]).new_ids != ()
+    other = Action("report_migration_failure", "report_migration_failure:job/8", {"job_id": 8}, once=True)
+    (bid,) = db.accept("k4", "build", [other]).new_ids
+    db.claim(bid, "w:1:x", 60)
+    assert db.fail(bid, "w:1:x", "Telegram unreachable")
+    retried = db.accept("k5", "build", [other])
+    assert len(retried.new_ids) == 1 and retried.new_ids != (bid,)
+    assert db.accept("k6", "build", [other]).action_ids == retried.new_ids  # and once again only
 
 
 def test_claim_is_exclusive_and_respects_due_time(db, clock):
@@ -126,6 +145,43 @@ def test_prune_forgets_old_dedupe_records_by_age_and_count(db, clock):
     assert db.dedupe_size() == 1
     assert db.accept("k4", "push", []).duplicate  # the newest is kept
     assert not db.accept("k0", "push", []).duplicate  # a forgotten one is new again
+
+
+def test_latency_histogram_and_state_counts(db, clock):
+    (aid,) = db.accept("k", "push", [START]).new_ids
+    assert db.state_counts() == {("ensure_running", "pending"): 1}
+    db.claim(aid, "w:1:a", 60)
+    clock.t += 0.3
+    db.complete(aid, "w:1:a", "started")
+    buckets, count, total = db.latency_histograms()["ensure_running"]
+    assert dict(buckets)["0.25"] == 0 and dict(buckets)["0.5"] == 1 and dict(buckets)["+Inf"] == 1
+    assert count == 1 and total == pytest.approx(0.3, abs=0.001)
+    (bid,) = db.accept("k2", "push", [START]).new_ids
+    db.claim(bid, "w:1:a", 60)
+    db.retry_later(bid, "w:1:a", "503", delay=5)
+    assert db.state_counts() == {("ensure_running", "done"): 1, ("ensure_running", "pending"): 1}
+    assert db.counters("task_outcomes") == {("ensure_running", "done"): 1, ("ensure_running", "retry"): 1}
+    assert [r.id for r in db.rows("pending")] == [bid] and [r.id for r in db.rows()] == [aid, bid]
+
+
+def test_prune_forgets_long_finished_rows_and_their_journal(db, clock):
+    (done,) = db.accept("k1", "build", [ALERT]).new_ids
+    db.claim(done, "w:1:a", 60)
+    db.complete(done, "w:1:a", "sent", ["would send"])
+    other = Action("report_migration_failure", "report_migration_failure:job/8", {}, once=True)
+    (failed,) = db.accept("k2", "build", [other]).new_ids
+    db.claim(failed, "w:1:a", 60)
+    db.fail(failed, "w:1:a", "no")
+    (pending,) = db.accept("k3", "push", [START]).new_ids
+    clock.t += 13 * 86400
+    assert db.prune(dedupe_ttl=30 * 86400, dedupe_max=100) == 0
+    clock.t += 2 * 86400
+    assert db.prune(dedupe_ttl=30 * 86400, dedupe_max=100) == 3  # two rows and one journal entry
+    assert db.get(done) is None and db.get(failed) is None and db.journal() == []
+    assert [r.id for r in db.rows()] == [pending] and db.dedupe_size() == 3
+    assert db.state_counts() == {("ensure_running", "pending"): 1}
+    # The finished alert is forgotten with its row: a resend long after is a new alert, as in SQLite.
+    assert db.accept("k4", "build", [ALERT]).new_ids != ()
 
 
 def test_concurrent_accepts_from_threads_lose_nothing(db):

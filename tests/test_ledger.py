@@ -1,10 +1,12 @@
-"""The uptime ledger's figures against a scripted week of power changes."""
+"""The uptime ledger's figures against a scripted week of power changes (SQLite and Redis)."""
 
 from __future__ import annotations
 
 import pytest
 
 from gitlab_hook.ledger import Ledger
+from gitlab_hook.redis_state import RedisLedger
+from tests.redis_fixtures import BACKENDS, redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.test_intake import Clock
 
 H = 3600.0
@@ -16,8 +18,10 @@ def clock():
     return Clock(MON + 7 * 24 * H)
 
 
-@pytest.fixture
-def ledger(tmp_path, clock):
+@pytest.fixture(params=BACKENDS)
+def ledger(request, tmp_path, clock):
+    if request.param == "redis":
+        return RedisLedger(request.getfixturevalue("redis_url"), clock=clock)
     return Ledger(tmp_path / "intake.db", clock=clock)
 
 
@@ -55,3 +59,17 @@ def test_period_still_running_counts_until_now(ledger, clock):
     ledger.record("vm", "on", "push", at=MON + 1 * H)
     (u,) = ledger.usage(MON, MON + 24 * H)
     assert u.hours_on == pytest.approx(4)
+
+
+def test_events_recorded_out_of_order_and_at_the_same_instant(ledger):
+    assert ledger.record("vm", "on", "push", at=MON + 2 * H)
+    assert ledger.record("vm", "off", "idle_stop", at=MON + 3 * H)
+    # A late report of an earlier change is judged against the state at its own time.
+    assert ledger.record("vm", "on", "manual", at=MON + 2.25 * H) is False  # on since 02:00: a repeat
+    assert ledger.last("vm") == ("off", "idle_stop", MON + 3 * H)
+    # Two changes at one instant: the later one wins "last".
+    assert ledger.record("vm", "on", "pipeline", at=MON + 3 * H)
+    assert ledger.last("vm") == ("on", "pipeline", MON + 3 * H)
+    assert ledger.vms() == ["vm"]
+    (u,) = ledger.usage(MON, MON + 4 * H)
+    assert u.hours_on == pytest.approx(1 + 1) and u.wakes == {"push": 1, "pipeline": 1}
