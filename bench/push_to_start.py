@@ -46,7 +46,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
     rules = {"runners": [{"vm": f"bench-{i}", "branches": [f"b{i}"]} for i in range(args.runs)]
-             + [{"vm": "burst", "branches": ["stage"]}]}
+             + [{"vm": "burst", "branches": ["stage"]}],
+             "runner_check_interval": "1h"}  # chores run once at start, not during the runs
     (tmp / "rules.yaml").write_text(yaml.safe_dump(rules))
     with FakeComputeAPI(tokens=(IAM_TOKEN,), transition_seconds=0.3) as compute, FakeBotAPI(BOT_TOKEN) as bot:
         ids = {f"bench-{i}": compute.add_instance(f"bench-{i}") for i in range(args.runs)}

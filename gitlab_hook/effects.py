@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -70,3 +71,25 @@ DRY_RUN_HANDLERS: dict[str, Handler] = {
     ENSURE_RUNNING: dry_ensure_running,
     REPORT_MIGRATION_FAILURE: dry_report_migration_failure,
 }
+
+
+def dry_vm_command(kind: str, notifier: Any) -> Handler:
+    """Dry-run for an operator's start/stop/resize: say so where the operator is looking."""
+    verb = {"vm_start": "start", "vm_stop": "stop", "vm_resize": "resize"}.get(kind, kind)
+
+    def handler(payload: dict[str, Any], ctx: Context) -> Effect:
+        size = (f" to {payload.get('cores')} cores / {payload.get('memory_gb')} GB"
+                if kind == "vm_resize" else "")
+        what = (f"dry-run: Yandex Compute is not configured; would {verb} {payload.get('vm')}{size} "
+                f"for {payload.get('by') or 'someone'}")
+        log.info(what, extra={"action_id": ctx.action_id, "dry_run": True})
+        progress = payload.get("progress")
+        text = "🧪 " + html.escape(what, quote=False)
+        if progress:
+            notifier.edit_html(progress["chat_id"], progress["message_id"], text)
+        else:
+            notifier.send_html(text)
+        return Effect(what, [what])
+
+    handler.__name__ = f"dry_{kind}"
+    return handler

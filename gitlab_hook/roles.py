@@ -14,7 +14,7 @@ from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.settings import Settings
 from gitlab_hook.stores import open_stores
 from gitlab_hook.telegram import escape
-from gitlab_hook.wiring import build_handlers, make_notifier
+from gitlab_hook.wiring import build_worker_parts, make_notifier
 from gitlab_hook.worker import ActionRunner, Redriver, make_owner
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ def build_worker(settings: Settings) -> tuple[TaskQueue, Redriver]:
         log.error("ALERT: %s", text)
         notifier.send_html("⚠️ " + escape(text))
 
-    runner = ActionRunner(store, build_handlers(settings, notifier, stores=stores), alert=alert,
-                          give_up_after=env.TASK_GIVE_UP_AFTER, owner=owner)
+    handlers, chores = build_worker_parts(settings, notifier, stores, owner=owner)
+    runner = ActionRunner(store, handlers, alert=alert, give_up_after=env.TASK_GIVE_UP_AFTER, owner=owner)
     redriver = Redriver(store, queue.submit, owner, queued_action_ids=queue.queued_action_ids)
 
     def housekeeping() -> None:
@@ -60,7 +60,7 @@ def build_worker(settings: Settings) -> tuple[TaskQueue, Redriver]:
         if n:
             log.info("housekeeping: forgot %d old records", n)
 
-    queue.attach(runner, periodic=[redriver, housekeeping])
+    queue.attach(runner, periodic=[redriver, housekeeping, *chores])
     return queue, redriver
 
 
@@ -140,7 +140,9 @@ class Supervisor:
 def serve_commands(host: str, port: int) -> dict[str, list[str]]:
     """The child processes ``serve`` runs."""
     me = [sys.executable, "-m", "gitlab_hook"]
-    return {"web": me + ["web", "--host", host, "--port", str(port), "--quiet"], "worker": me + ["worker"]}
+    # The bot idles (one dry-run line) without TELEGRAM_BOT_TOKEN, so it never restart-loops.
+    return {"web": me + ["web", "--host", host, "--port", str(port), "--quiet"], "worker": me + ["worker"],
+            "bot": me + ["bot"]}
 
 
 def child_env(secret: str | None) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable
 
+import redis
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.api import Huey
 from huey.exceptions import RetryTask
@@ -20,7 +21,11 @@ def make_huey(settings: Settings) -> Huey:
     """Build the huey instance the web and the worker share (same storage, same task names)."""
     redis_url = settings.env.REDIS_URL
     if redis_url is not None:
-        return RedisHuey(QUEUE_NAME, url=redis_url.get_secret_value(), results=False, utc=True)
+        # Our own pool, for timeouts: huey's default connection would wait forever on a dead network.
+        pool = redis.ConnectionPool.from_url(redis_url.get_secret_value(), socket_timeout=10,
+                                             socket_connect_timeout=3, socket_keepalive=True,
+                                             health_check_interval=30)
+        return RedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # fsync=True: a queued task survives power loss too (measured cheap; see README benchmarks).
     return SqliteHuey(QUEUE_NAME, filename=str(settings.data_dir / "queue.db"), results=False, utc=True,

@@ -6,12 +6,16 @@ import logging
 import threading
 from typing import Callable
 
-from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler
+from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler, dry_vm_command
+from gitlab_hook.idle_stop import IdleStopper
 from gitlab_hook.integrations import integrations
 from gitlab_hook.gitlab_api import GitLabAPI
 from gitlab_hook.kube import PodLogs, load_api_client
 from gitlab_hook.migration_watch import MigrationWatch
-from gitlab_hook.planner import ENSURE_RUNNING, REPORT_MIGRATION_FAILURE
+from gitlab_hook.planner import ENSURE_RUNNING, REPORT_MIGRATION_FAILURE, VM_RESIZE, VM_START, VM_STOP
+from gitlab_hook.power import PowerControl
+from gitlab_hook.reconcile import Reconciler
+from gitlab_hook.resize import Resizer
 from gitlab_hook.runner_control import RunnerControl
 from gitlab_hook.settings import Settings
 from gitlab_hook.stores import Stores, open_stores
@@ -81,23 +85,55 @@ def gitlab_factory(settings: Settings) -> Callable[[], GitLabAPI]:
     return _lazy(lambda: GitLabAPI(_url(env.GITLAB_URL), env.GITLAB_TOKEN.get_secret_value()))  # type: ignore
 
 
-def build_handlers(settings: Settings, notifier: Notifier, stores: Stores | None = None) -> dict[str, Handler]:
-    """Action kind → handler: the real one where its integration is configured, else the dry-run one.
+def every(name: str, seconds: float, chore: Callable[[], object], state: object, owner: str) -> Callable[[], None]:
+    """Run ``chore`` at most once per ``seconds`` across every worker (a lock with expiry is the gate).
 
-    Locks, progress records and the ledger come from ``stores`` (opened from the settings when None).
+    The periodic tick comes once a minute, so shorter intervals run each minute.
     """
+    def run() -> None:
+        if state.try_lock(f"chore:{name}", owner, max(1.0, seconds - 5.0)):  # type: ignore[attr-defined]
+            chore()
+
+    run.__name__ = name
+    return run
+
+
+def build_worker_parts(settings: Settings, notifier: Notifier, stores: Stores | None = None,
+                       owner: str = "worker") -> tuple[dict[str, Handler], list[Callable[[], None]]]:
+    """Action kind → handler (live where configured, else dry-run), and the periodic chores."""
     live = {i.name for i in integrations(settings) if i.live}
     handlers: dict[str, Handler] = dict(DRY_RUN_HANDLERS)
+    for kind in (VM_START, VM_STOP, VM_RESIZE):
+        handlers[kind] = dry_vm_command(kind, notifier)
+    chores: list[Callable[[], None]] = []
+    gitlab = gitlab_factory(settings) if "gitlab" in live else None
     if "yandex_compute" in live:
         stores = stores or open_stores(settings)
-        control = RunnerControl(compute_factory(settings), notifier, stores.vm_state, ledger=stores.ledger)
+        compute = compute_factory(settings)
+        power = PowerControl(compute, notifier, stores.vm_state, stores.ledger, gitlab=gitlab, rules=settings.rules)
+        control = RunnerControl(compute, notifier, stores.vm_state, ledger=stores.ledger,
+                                on_running=power.unpause_if_we_paused)
         handlers[ENSURE_RUNNING] = control.ensure_running
+        handlers[VM_START] = power.start
+        handlers[VM_STOP] = power.stop
+        handlers[VM_RESIZE] = Resizer(power).resize
+        interval = settings.rules.runner_check_interval
+        idle = IdleStopper(compute, notifier, stores.vm_state, stores.ledger, gitlab=gitlab, rules=settings.rules,
+                           power=power)
+        reconciler = Reconciler(compute, notifier, stores.vm_state, stores.ledger, gitlab=gitlab,
+                                rules=settings.rules, power=power)
+        chores += [every("idle_stop", interval, idle.check, stores.vm_state, owner),
+                   every("reconcile", interval, reconciler.check, stores.vm_state, owner)]
     if live & {"telegram", "kubernetes"}:
         # Whatever is configured is used; what is missing becomes a note in the alert.
         stores = stores or open_stores(settings)
         watch = MigrationWatch(
             settings.rules.migrations, notifier, stores.vm_state,
-            pods=pods_factory(settings) if "kubernetes" in live else None,
-            gitlab=gitlab_factory(settings) if "gitlab" in live else None)
+            pods=pods_factory(settings) if "kubernetes" in live else None, gitlab=gitlab)
         handlers[REPORT_MIGRATION_FAILURE] = watch.report_failure
-    return handlers
+    return handlers, chores
+
+
+def build_handlers(settings: Settings, notifier: Notifier, stores: Stores | None = None) -> dict[str, Handler]:
+    """Action kind → handler: the real one where its integration is configured, else the dry-run one."""
+    return build_worker_parts(settings, notifier, stores)[0]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -79,3 +80,21 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_quiet(calls: Callable[[], int], quiet: float = 1.0, timeout: float = 15.0) -> int:
+    """Wait until a fake's call count stops growing for ``quiet`` seconds; return the count.
+
+    The worker's periodic chores (idle stop, reconciliation) call Compute once at start; a
+    test that counts the calls of one burst snapshots after they are done.
+    """
+    deadline = time.monotonic() + timeout
+    last, since = calls(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = calls()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
