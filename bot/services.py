@@ -480,11 +480,5 @@ def _logs_document(namespace: str, f: Findings) -> bytes:
              + (f": pod {f.pod}, container {f.container}, {f.container_state or 'no state'}, restarts {f.restarts}. "
                 f"{f.how_chosen}" if f.pod else ": no pod")]
     parts.extend(f"Note: {n}" for n in f.notes)
-    if f.previous_log:
-        parts.append("===== previous container's log =====\n" + f.previous_log)
-    if f.current_log:
-        cut = " (cut to the last part: the whole log was larger)" if f.log_truncated else ""
-        parts.append(f"===== pod log{cut} =====\n" + f.current_log)
-    if f.events:
-        parts.append("===== pod events =====\n" + "\n".join(f.events))
+    parts.extend(migration_alert.log_sections(f))
     return ("\n\n".join(parts) + "\n").encode("utf-8")

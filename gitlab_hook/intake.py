@@ -97,7 +97,28 @@ def _row(r: sqlite3.Row | tuple) -> ActionRow:
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
-class IntakeStore:
+class OutcomeMethods:
+    """How a running row ends, written once over a store's own ``_finish`` (SQLite or Redis)."""
+
+    clock: Callable[[], float]
+
+    def _finish(self, action_id: int, owner: str, state: str, outcome: str, **kw: Any) -> bool:
+        raise NotImplementedError
+
+    def complete(self, action_id: int, owner: str, result: str, journal: Iterable[str] = ()) -> bool:
+        """Mark done; journal entries (dry-run effects) are written with it, atomically."""
+        return self._finish(action_id, owner, "done", "done", result=result, journal=journal)
+
+    def retry_later(self, action_id: int, owner: str, error: str, delay: float) -> bool:
+        """Put a row back as pending, due after ``delay`` seconds."""
+        return self._finish(action_id, owner, "pending", "retry", error=error, not_before=self.clock() + delay)
+
+    def fail(self, action_id: int, owner: str, error: str) -> bool:
+        """Give up on a row for good."""
+        return self._finish(action_id, owner, "failed", "failed", error=error)
+
+
+class IntakeStore(OutcomeMethods):
     """SQLite-backed dedupe + outbox. Safe for many threads and processes on one host."""
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0):
@@ -192,18 +213,6 @@ class IntakeStore:
             return True
 
         return self._tx(work)
-
-    def complete(self, action_id: int, owner: str, result: str, journal: Iterable[str] = ()) -> bool:
-        """Mark done; journal entries (dry-run effects) commit in the same transaction."""
-        return self._finish(action_id, owner, "done", "done", result=result, journal=journal)
-
-    def retry_later(self, action_id: int, owner: str, error: str, delay: float) -> bool:
-        """Put a row back as pending, due after ``delay`` seconds."""
-        return self._finish(action_id, owner, "pending", "retry", error=error, not_before=self.clock() + delay)
-
-    def fail(self, action_id: int, owner: str, error: str) -> bool:
-        """Give up on a row for good."""
-        return self._finish(action_id, owner, "failed", "failed", error=error)
 
     def release_orphans(self, is_orphan: Callable[[str], bool]) -> list[int]:
         """Return running rows whose owner is gone (e.g. a killed worker) to pending; their ids."""

@@ -118,6 +118,19 @@ def message(p: dict[str, Any], f: Findings, limit: int = MAX_TEXT) -> str:
     return f"{head}{caption}<pre>{escape(quoted)}</pre>"
 
 
+def log_sections(f: Findings) -> list[str]:
+    """The pod's logs and events as titled sections of a text file."""
+    parts = []
+    if f.previous_log:
+        parts.append("===== previous container's log =====\n" + f.previous_log)
+    if f.current_log:
+        cut = " (cut to the last part: the whole log was larger)" if f.log_truncated else ""
+        parts.append(f"===== pod log{cut} =====\n" + f.current_log)
+    if f.events:
+        parts.append("===== pod events =====\n" + "\n".join(f.events))
+    return parts
+
+
 def document(p: dict[str, Any], f: Findings) -> bytes:
     """The whole bounded record as a text file: pod logs, state, events, GitLab job log."""
     parts = [f"Failed migration job {p.get('job_name')} #{p.get('job_id')} of {p.get('project')} "
@@ -127,13 +140,7 @@ def document(p: dict[str, Any], f: Findings) -> bytes:
                      f"restarts {f.restarts}. {f.how_chosen}")
     for note in f.notes:
         parts.append(f"Note: {note}")
-    if f.previous_log:
-        parts.append("===== previous container's log =====\n" + f.previous_log)
-    if f.current_log:
-        cut = " (cut to the last part: the whole log was larger)" if f.log_truncated else ""
-        parts.append(f"===== pod log{cut} =====\n" + f.current_log)
-    if f.events:
-        parts.append("===== pod events =====\n" + "\n".join(f.events))
+    parts.extend(log_sections(f))
     if f.job_log:
         parts.append("===== GitLab job log (tail) =====\n" + f.job_log)
     return ("\n\n".join(parts) + "\n").encode("utf-8")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
-from gitlab_hook.intake import LATENCY_BUCKETS, Accepted, ActionRow, IntakeStore
+from gitlab_hook.intake import LATENCY_BUCKETS, Accepted, ActionRow, IntakeStore, OutcomeMethods
 from gitlab_hook.planner import Action
 from gitlab_hook.redis_store import DEFAULT_PREFIX, RedisPart, guarded, t
 
@@ -226,7 +226,7 @@ def _ids(csv: str) -> tuple[int, ...]:
     return tuple(int(i) for i in csv.split(",")) if csv else ()
 
 
-class RedisIntakeStore(RedisPart):
+class RedisIntakeStore(OutcomeMethods, RedisPart):
     """Redis-backed dedupe + outbox: one store for every web and worker replica on every host."""
 
     def __init__(self, client: redis.Redis | str, *, prefix: str = DEFAULT_PREFIX,
@@ -287,17 +287,6 @@ class RedisIntakeStore(RedisPart):
                            len(LATENCY_BUCKETS), *(str(le) for le in LATENCY_BUCKETS), *journal]
         return self._finish_script(args=args) == 1
 
-    def complete(self, action_id: int, owner: str, result: str, journal: Iterable[str] = ()) -> bool:
-        """Mark done; journal entries (dry-run effects) are written in the same script."""
-        return self._finish(action_id, owner, "done", "done", result=result, journal=journal)
-
-    def retry_later(self, action_id: int, owner: str, error: str, delay: float) -> bool:
-        """Put a row back as pending, due after ``delay`` seconds."""
-        return self._finish(action_id, owner, "pending", "retry", error=error, not_before=self.clock() + delay)
-
-    def fail(self, action_id: int, owner: str, error: str) -> bool:
-        """Give up on a row for good."""
-        return self._finish(action_id, owner, "failed", "failed", error=error)
 
     @guarded
     def release_orphans(self, is_orphan: Callable[[str], bool]) -> list[int]:
