@@ -86,6 +86,15 @@ class EnvSettings(BaseSettings):
         return v
 
 
+class _MappingSettings(EnvSettings):
+    """EnvSettings from a given mapping only: tests and ``with_env`` must not see os.environ."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
+
+
 class Settings:
     """Validated settings handed to every part of the service; nothing reads the environment later."""
 
@@ -129,7 +138,7 @@ def _describe(exc: ValidationError, source: str, prefix: str = "") -> str:
 
 def _validate_env(environ: Mapping[str, Any], source: str) -> EnvSettings:
     try:
-        return EnvSettings.model_validate(dict(environ))
+        return _MappingSettings(**dict(environ))
     except ValidationError as exc:
         # Never echo environment values: several of them are secrets.
         raise ConfigError(_describe(exc, f"environment ({source})", prefix="env")) from None
