@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Callable
 
 from gitlab_hook.effects import DRY_RUN_HANDLERS, Handler, dry_vm_command
@@ -91,7 +92,9 @@ def every(name: str, seconds: float, chore: Callable[[], object], state: object,
     The periodic tick comes once a minute, so shorter intervals run each minute.
     """
     def run() -> None:
-        if state.try_lock(f"chore:{name}", owner, max(1.0, seconds - 5.0)):  # type: ignore[attr-defined]
+        # A fresh owner each time: locks are re-entrant per owner, and this one must not be.
+        token = f"{owner}:{uuid.uuid4().hex[:8]}"
+        if state.try_lock(f"chore:{name}", token, max(1.0, seconds - 5.0)):  # type: ignore[attr-defined]
             chore()
 
     run.__name__ = name

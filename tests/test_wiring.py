@@ -83,3 +83,44 @@ def test_expired_static_token_is_told_clearly_in_chat_and_retried(make_settings,
         start_with(s, compute_api, bot_api, tmp_path)
     texts = [m.text for m in bot_api.messages(CHAT_ID)]
     assert len(texts) == 1 and "YC_IAM_TOKEN" in texts[0] and IAM_TOKEN not in texts[0]
+
+
+def test_yandex_configured_gives_live_vm_handlers_and_the_lifecycle_chores(make_settings, compute_api):
+    from gitlab_hook.planner import VM_RESIZE, VM_START, VM_STOP
+    from gitlab_hook.wiring import build_worker_parts
+
+    s = make_settings(YC_IAM_TOKEN=IAM_TOKEN, YC_FOLDER_ID=compute_api.folder_id, YC_COMPUTE_URL=compute_api.url)
+    handlers, chores = build_worker_parts(s, make_notifier(s))
+    assert {handlers[k].__self__.__class__.__name__ for k in (VM_START, VM_STOP)} == {"PowerControl"}
+    assert handlers[VM_RESIZE].__self__.__class__.__name__ == "Resizer"
+    assert [c.__name__ for c in chores] == ["idle_stop", "reconcile"]
+
+
+def test_without_yandex_operator_commands_answer_dry_run_in_their_message(settings, bot_api, make_settings):
+    from gitlab_hook.planner import VM_STOP
+    from gitlab_hook.wiring import build_worker_parts
+
+    s = make_settings(TELEGRAM_BOT_TOKEN=BOT_TOKEN, TELEGRAM_CHAT_ID=str(CHAT_ID), TELEGRAM_API_URL=bot_api.url)
+    notifier = make_notifier(s)
+    try:
+        (prompt,) = notifier.send_html("Stop buildfront?")
+        handlers, chores = build_worker_parts(s, notifier)
+        assert chores == []
+        effect = handlers[VM_STOP]({"vm": "buildfront", "by": "@ops",
+                                    "progress": {"chat_id": CHAT_ID, "message_id": prompt}}, ctx())
+    finally:
+        notifier.close()
+    assert "would stop buildfront" in effect.summary
+    (msg,) = bot_api.messages(CHAT_ID)
+    assert msg.text.startswith("🧪 dry-run: Yandex Compute is not configured; would stop buildfront for @ops")
+
+
+def test_a_chore_runs_once_per_interval_across_workers(tmp_path):
+    from gitlab_hook.wiring import every
+
+    state = VmState(tmp_path / "s.db")
+    runs: list[str] = []
+    a = every("reconcile", 60, lambda: runs.append("a"), state, "worker-a")
+    b = every("reconcile", 60, lambda: runs.append("b"), VmState(tmp_path / "s.db"), "worker-b")
+    a(), b(), a()
+    assert runs == ["a"]
