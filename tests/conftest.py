@@ -159,3 +159,41 @@ def notifier(bot_api):
                          backoff=0.01)
     yield n
     n.close()
+
+
+@pytest.fixture
+def gitlab():
+    """A fake GitLab with project 1 (group/app) and runner 12 on it."""
+    from tests.fakes.gitlab_api import FakeGitLab
+
+    with FakeGitLab() as gl:
+        gl.add_project(1, "group/app")
+        gl.add_runner(12, projects=[1])
+        yield gl
+
+
+@pytest.fixture
+def kube():
+    """A fake Kubernetes API server with the namespace ``work``."""
+    from tests.fakes.kube_api import FakeKubeAPI
+
+    with FakeKubeAPI(namespaces=["work"]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def restore_logging():
+    """``cli.main`` configures the root logger for the process; give the next tests theirs back."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    noisy = {n: logging.getLogger(n).level for n in ("urllib3", "httpx", "httpcore", "huey.consumer.Scheduler")}
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    for n, lvl in noisy.items():
+        logging.getLogger(n).setLevel(lvl)

@@ -28,8 +28,7 @@ from gitlab_hook.ledger import Ledger
 from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.vm_state import VmState
 from tests.conftest import BOT_TOKEN, CHAT_ID, THREAD_ID
-from tests.fakes.gitlab_api import FakeGitLab
-from tests.fakes.kube_api import FakeKubeAPI, terminated
+from tests.fakes.kube_api import terminated
 from tests.fakes.telegram_api import FakeBotAPI, UploadedFile
 from tests.processes import free_port
 
@@ -173,20 +172,6 @@ class Chat:
 def bot_api():
     with PhotoBotAPI(BOT_TOKEN) as api:
         yield api
-
-
-@pytest.fixture
-def gitlab():
-    with FakeGitLab() as gl:
-        gl.add_project(1, "group/app")
-        gl.add_runner(12, projects=[1])
-        yield gl
-
-
-@pytest.fixture
-def kube():
-    with FakeKubeAPI(namespaces=["work"]) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from gitlab_hook.taskqueue import TaskQueue, make_huey
 from gitlab_hook.telegram_format import to_plain
 from gitlab_hook.vm_state import VmState
 from gitlab_hook.yandex import Unavailable
-from tests.fakes.gitlab_api import FakeGitLab
-from tests.fakes.kube_api import FakeKubeAPI, running, terminated
+from tests.fakes.kube_api import running, terminated
 
 RULES = Rules.model_validate({
     "runners": [{"vm": "buildfront", "branches": ["stage"], "projects": ["group/app"], "gitlab_runner_ids": [12],
@@ -44,20 +43,6 @@ class Clock:
 @pytest.fixture
 def clock():
     return Clock()
-
-
-@pytest.fixture
-def gitlab():
-    with FakeGitLab() as gl:
-        gl.add_project(1, "group/app")
-        gl.add_runner(12, projects=[1])
-        yield gl
-
-
-@pytest.fixture
-def kube():
-    with FakeKubeAPI(namespaces=["work"]) as fake:
-        yield fake
 
 
 @pytest.fixture

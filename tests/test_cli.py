@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -34,20 +33,7 @@ def clean_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "var"))
 
 
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """``main`` configures the root logger for the process; give the next tests theirs back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    noisy = {n: logging.getLogger(n).level for n in ("urllib3", "httpx", "httpcore", "huey.consumer.Scheduler")}
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-    for n, lvl in noisy.items():
-        logging.getLogger(n).setLevel(lvl)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def _rules(tmp_path: Path, rules: Any, monkeypatch) -> Path:

@@ -15,19 +15,7 @@ TOKEN = "glpat-Zx81kq0PLm2vB7nR"
 TG_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"  # the shape of a bot token (not a real one)
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    noisy = {n: logging.getLogger(n).level for n in ("urllib3", "httpx", "httpcore", "huey.consumer.Scheduler")}
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-    for n, lvl in noisy.items():
-        logging.getLogger(n).setLevel(lvl)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture
