@@ -36,18 +36,15 @@ from gitlab_hook.telegram_format import escape, link
 from gitlab_hook.yandex.compute import (
     CRASHED,
     ERROR,
-    PROVISIONING,
-    RESTARTING,
     RUNNING,
-    STARTING,
     STOPPED,
     STOPPING,
+    UP_STATUSES,
 )
 
 log = logging.getLogger("bot")
 
 STALE_AFTER = 300.0  # a state-changing command older than this (sent while the bot was down) is not run
-UP = {RUNNING, STARTING, PROVISIONING, RESTARTING}
 DOWN = {STOPPED, STOPPING}
 _ICON = {RUNNING: "🟢", STOPPED: "⚪", ERROR: "🔴", CRASHED: "🔴"}
 
@@ -274,7 +271,8 @@ class Dispatcher:
                                    + f" (confirmed by {escape(actor.mention)})…" + _will_update(place))
 
     def sweep(self) -> list[tuple[int, int, str]]:
-        """Expire unanswered prompts: (chat id, message id, new text) for each one to edit."""
+        """Expire unanswered prompts: (chat id, message id, new text) for each one to edit; forget old ones."""
+        self.confirms.prune()
         out = []
         for conf in self.confirms.expire_due():
             self.audit.record(actor_id=conf.user_id, actor=conf.asker, role=None, chat_id=conf.chat_id,
@@ -361,7 +359,7 @@ class Dispatcher:
 
     def _do_vm_start(self, cmd: Command, actor: Actor, place: Place) -> Reply:
         inst = self.services.find_vm(cmd.args["vm"], "start")
-        if inst.status in UP:
+        if inst.status in UP_STATUSES:
             self._audit(cmd, actor, place, "unchanged", f"already {inst.status}")
             return Reply(f"<b>{escape(inst.name)}</b> is already {escape(inst.status)}: nothing to do.",
                          outcome="unchanged")
@@ -396,7 +394,7 @@ class Dispatcher:
         pending = Pending(VM_RESIZE, inst.name, params, cmd.text)
         target = f"{a['cores']} cores · {gb(a['memory_gb'])} GB · {fraction}% CPU"
         lines = [f"Resize <b>{escape(inst.name)}</b> from {escape(_size(inst))} to <b>{escape(target)}</b>?"]
-        if inst.status in UP:
+        if inst.status in UP_STATUSES:
             lines.append(f"It is {escape(inst.status)}: it will be stopped, resized and started again.")
             lines.append(self._jobs_text(self.services.running_jobs(inst.name), inst.name))
         else:

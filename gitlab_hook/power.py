@@ -45,21 +45,15 @@ from gitlab_hook.yandex import (
     YandexError,
 )
 from gitlab_hook.yandex.compute import (
-    CRASHED,
-    DELETING,
-    ERROR,
-    PROVISIONING,
-    RESTARTING,
+    BROKEN_STATUSES,
     RUNNING,
-    STARTING,
     STOPPED,
     STOPPING,
+    UP_STATUSES,
 )
 
 log = logging.getLogger(__name__)
 
-ALREADY_UP = {PROVISIONING, STARTING, RUNNING, RESTARTING}
-BROKEN = {ERROR, CRASHED, DELETING}
 GIB = 2**30
 
 
@@ -183,17 +177,8 @@ class PowerControl:
     def wait_status(self, compute: ComputeClient, instance_id: str, wanted: set[str], timeout: float,
                     renew: Callable[[], None] = lambda: None) -> Instance:
         """Poll the instance until its status is one of ``wanted``; OperationTimeout otherwise."""
-        inst = compute.get_instance(instance_id)
-        waited = 0.0
-        while inst.status not in wanted:
-            if inst.status in BROKEN or waited >= timeout:
-                raise OperationTimeout("", f"waiting for {inst.name} to be {'/'.join(sorted(wanted))}, "
-                                           f"it is {inst.status}", timeout)
-            self.sleep(self.policy.poll_interval)
-            waited += self.policy.poll_interval
-            renew()
-            inst = compute.get_instance(instance_id)
-        return inst
+        return compute.wait_status(instance_id, wanted, timeout=timeout, poll_interval=self.policy.poll_interval,
+                                   on_poll=lambda _: renew())
 
     def wait_op(self, compute: ComputeClient, op_id: str, timeout: float, renew: Callable[[], None]) -> None:
         """Wait for an Operation; OperationFailed / OperationTimeout when it does not succeed."""
@@ -236,12 +221,12 @@ class PowerControl:
             inst = compute.find_instance(vm)
             if inst.status == STOPPING:
                 inst = self.wait_status(compute, inst.id, {STOPPED}, self.policy.stop_wait, renew)
-            if inst.status in ALREADY_UP:
+            if inst.status in UP_STATUSES:
                 self.unpause_if_we_paused(vm)
                 rep.say("already", f"✅ <b>{escape(vm)}</b> is already {inst.status}")
                 self.state.save_progress(key, finished=f"{vm} is already {inst.status}")
                 return Effect(f"{vm} is already {inst.status}")
-            if inst.status in BROKEN:
+            if inst.status in BROKEN_STATUSES:
                 rep.say("broken", f"⚠️ <b>{escape(vm)}</b> is {inst.status} and was not started. "
                                   "Look at it in the Yandex Cloud console.")
                 self.state.save_progress(key, finished=f"{vm} is {inst.status}; not started")
@@ -311,7 +296,7 @@ class PowerControl:
             return Effect(p["finished"])
         if not p.get("operation_id"):
             inst = compute.find_instance(vm)
-            if inst.status in (STARTING, PROVISIONING, RESTARTING):
+            if inst.status in UP_STATUSES - {RUNNING}:  # on its way up
                 inst = self.wait_status(compute, inst.id, {RUNNING}, self.policy.start_wait, ctx.renew_lease)
             if inst.status == STOPPING:
                 inst = self.wait_status(compute, inst.id, {STOPPED}, self.policy.stop_wait, ctx.renew_lease)

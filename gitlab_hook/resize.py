@@ -22,10 +22,10 @@ from typing import Any
 
 from gitlab_hook.effects import Context, Effect, TransientError
 from gitlab_hook.gitlab_api import GitLabError
-from gitlab_hook.power import BROKEN, GIB, PowerControl, Reporter, size_text, who
+from gitlab_hook.power import GIB, PowerControl, Reporter, size_text, who
 from gitlab_hook.telegram import escape
 from gitlab_hook.yandex import ComputeClient, Instance, OperationFailed, OperationTimeout, YandexApiError
-from gitlab_hook.yandex.compute import RUNNING, STOPPED, UPDATING
+from gitlab_hook.yandex.compute import BROKEN_STATUSES, RUNNING, STOPPED, UPDATING
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Resizer:
             return self._end(rep, key, "refused", f"❌ Not resizing <b>{escape(vm)}</b>: cores and memory "
                                                   "must be positive numbers.")
         target = Size(cores, int(round(memory_gb * GIB)), fraction)
-        if inst.status in BROKEN:
+        if inst.status in BROKEN_STATUSES:
             return self._end(rep, key, "refused", f"❌ Not resizing <b>{escape(vm)}</b>: it is {inst.status}. "
                                                   "Look at it in the Yandex Cloud console.")
         if inst.status not in (RUNNING, STOPPED):

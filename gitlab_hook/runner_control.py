@@ -23,22 +23,16 @@ from gitlab_hook.yandex import (
     YandexError,
 )
 from gitlab_hook.yandex.compute import (
-    CRASHED,
-    DELETING,
-    ERROR,
-    PROVISIONING,
-    RESTARTING,
+    BROKEN_STATUSES,
     RUNNING,
-    STARTING,
     STOPPED,
     STOPPING,
+    UP_STATUSES,
     UPDATING,
 )
 
 log = logging.getLogger(__name__)
 
-ALREADY_UP = {PROVISIONING, STARTING, RUNNING, RESTARTING}
-BROKEN = {ERROR, CRASHED, DELETING}
 
 
 @dataclass(frozen=True)
@@ -120,9 +114,9 @@ class RunnerControl:
         if inst.status == RUNNING and self.state.holder(f"power:{vm}"):
             # A stop (idle or manual) holds the VM and is about to act: look again once it has.
             raise TransientError(f"{vm}: a stop is in progress; will start it again after")
-        if inst.status in ALREADY_UP:
+        if inst.status in UP_STATUSES:
             return Effect(f"{vm} is already {inst.status}")
-        if inst.status in BROKEN:
+        if inst.status in BROKEN_STATUSES:
             self._alert(vm, inst.status, f"⚠️ <b>{escape(vm)}</b> is {inst.status} and was not started "
                                          f"for {describe_cause(payload)}. Look at it in the Yandex Cloud console.")
             return Effect(f"{vm} is {inst.status}; told the chat")
@@ -168,15 +162,8 @@ class RunnerControl:
 
     def _wait_status(self, compute: ComputeClient, inst: Instance, wanted: set[str], timeout: float,
                      ctx: Context) -> Instance:
-        deadline = self.clock() + timeout
-        while inst.status not in wanted:
-            if inst.status in BROKEN or self.clock() >= deadline:
-                raise OperationTimeout("", f"waiting for {inst.name} to be {'/'.join(sorted(wanted))}, "
-                                           f"it is {inst.status}", timeout)
-            self.sleep(self.policy.poll_interval)
-            ctx.renew_lease()
-            inst = compute.get_instance(inst.id)
-        return inst
+        return compute.wait_status(inst, wanted, timeout=timeout, poll_interval=self.policy.poll_interval,
+                                   on_poll=lambda _: ctx.renew_lease())
 
     def _alert(self, vm: str, reason: str, html: str) -> None:
         """Tell the chat, but the same trouble with the same VM only once per quiet period."""

@@ -595,3 +595,15 @@ def test_errors_survive_pickling() -> None:
         copy = pickle.loads(pickle.dumps(original))
         assert type(copy) is type(original) and str(copy) == str(original)
     assert pickle.loads(pickle.dumps(originals[0])).grpc_code == 9
+
+
+def test_wait_status_follows_a_stop_and_gives_up_on_a_broken_vm(api, waiting_client):
+    client = waiting_client
+    vm = api.add_instance("buildfront", status="RUNNING")
+    client.stop(vm)
+    polled = []
+    inst = client.wait_status(vm, {"STOPPED"}, timeout=5, poll_interval=0.02, on_poll=polled.append)
+    assert inst.status == "STOPPED" and polled and polled[0].status == "STOPPING"
+    api.set_status(vm, "CRASHED")
+    with pytest.raises(OperationTimeout, match="it is CRASHED"):
+        client.wait_status(vm, {"RUNNING"}, timeout=5, poll_interval=0.02)

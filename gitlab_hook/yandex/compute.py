@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,6 +55,9 @@ UPDATING = "UPDATING"
 ERROR = "ERROR"
 CRASHED = "CRASHED"
 DELETING = "DELETING"
+# Status groups the policies share: "up or on its way" needs no start; "broken" needs a person.
+UP_STATUSES = frozenset({PROVISIONING, STARTING, RUNNING, RESTARTING})
+BROKEN_STATUSES = frozenset({ERROR, CRASHED, DELETING})
 
 
 def validate_vm_name(name: object) -> str:
@@ -463,6 +466,29 @@ class ComputeClient:
                 on_poll(op)
         op.raise_for_error()
         return op
+
+    def wait_status(
+        self,
+        instance: Instance | str,
+        wanted: Iterable[str],
+        *,
+        timeout: float = 300.0,
+        poll_interval: float = 1.0,
+        on_poll: Callable[[Instance], None] | None = None,
+    ) -> Instance:
+        """Poll an instance until its status is one of ``wanted``; OperationTimeout when it turns broken or late."""
+        wanted = frozenset(wanted)
+        inst = self.get_instance(instance) if isinstance(instance, str) else instance
+        deadline = self._monotonic() + timeout
+        while inst.status not in wanted:
+            if inst.status in BROKEN_STATUSES or self._monotonic() >= deadline:
+                raise OperationTimeout("", f"waiting for {inst.name} to be {'/'.join(sorted(wanted))}, "
+                                           f"it is {inst.status}", timeout)
+            self._sleep(poll_interval)
+            if on_poll is not None:
+                on_poll(inst)
+            inst = self.get_instance(inst.id)
+        return inst
 
     def __repr__(self) -> str:
         return f"ComputeClient(compute={self._compute!r}, folder_id={self.folder_id!r})"
