@@ -21,17 +21,37 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
-from telegram import (BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, LinkPreviewOptions, Message,
-                      Update)
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    Message,
+    Update,
+)
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
-from telegram.ext import Application, CallbackQueryHandler, ContextTypes, Defaults, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    ContextTypes,
+    Defaults,
+    MessageHandler,
+    filters,
+)
 
 from bot import commands as C
 from bot.access import Actor, Place, Policy
-from bot.audit import AuditLog
-from bot.confirm import DEFAULT_TTL, NO, YES, ConfirmStore, callback_data, parse_callback
+from bot.confirm import (
+    DEFAULT_TTL,
+    NO,
+    YES,
+    callback_data,
+    parse_callback,
+)
 from bot.dispatch import Dispatcher, Reply
+from bot.redis_stores import open_bot_stores
 from bot.services import ChatOpsServices
 from gitlab_hook.telegram_format import split_message
 
@@ -94,9 +114,9 @@ def create_bot(settings: Any, services: ChatOpsServices, *, base_url: str | None
         raise ValueError("TELEGRAM_BOT_TOKEN is not set")
     root = (base_url or str(env.TELEGRAM_API_URL)).rstrip("/")
     if dispatcher is None:
-        db = settings.data_dir / "intake.db"
+        confirms, audit = open_bot_stores(settings, ttl=confirm_ttl)
         dispatcher = Dispatcher(services, Policy(dict(settings.rules.telegram.users), env.TELEGRAM_CHAT_ID),
-                                ConfirmStore(db, ttl=confirm_ttl), AuditLog(db))
+                                confirms, audit)
     app = (Application.builder()
            .token(env.TELEGRAM_BOT_TOKEN.get_secret_value())
            .base_url(root + "/bot")

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from bot.access import CONSOLE_ACTOR, CONSOLE_PLACE, Policy
-from bot.audit import AuditLog
-from bot.confirm import NO, YES, ConfirmStore
+from bot.confirm import NO, YES
 from bot.dispatch import Dispatcher, Reply
+from bot.redis_stores import open_bot_stores
 from bot.services import ChatOpsServices
 from gitlab_hook.integrations import integrations
 from gitlab_hook.telegram_format import to_plain
@@ -88,10 +88,9 @@ class Console:
 def run_console(settings: Any, stdin: TextIO, stdout: TextIO, *, services: ChatOpsServices | None = None) -> int:
     """Run commands from stdin until its end; exit code 0."""
     services = services or ChatOpsServices.from_settings(settings)
-    db = settings.data_dir / "intake.db"
     env = settings.env
-    d = Dispatcher(services, Policy(dict(settings.rules.telegram.users), env.TELEGRAM_CHAT_ID), ConfirmStore(db),
-                   AuditLog(db))
+    confirms, audit = open_bot_stores(settings)
+    d = Dispatcher(services, Policy(dict(settings.rules.telegram.users), env.TELEGRAM_CHAT_ID), confirms, audit)
     notifier: list[Any] = []
 
     def announce(html: str) -> None:

@@ -7,6 +7,8 @@ import pytest
 from bot.access import CONSOLE_ACTOR, CONSOLE_PLACE, Actor, Place, Policy
 from bot.commands import BY_NAME
 from bot.confirm import ConfirmStore, callback_data, parse_callback
+from bot.redis_stores import RedisAuditLog, RedisConfirmStore
+from tests.redis_fixtures import BACKENDS, redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.test_intake import Clock
 
 ALERTS = -100777
@@ -89,8 +91,11 @@ def clock():
     return Clock(1_800_000_000.0)
 
 
-@pytest.fixture
-def store(tmp_path, clock):
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path, clock):
+    """The confirmation store on SQLite and on Redis (shared by bot replicas): same behaviour."""
+    if request.param == "redis":
+        return RedisConfirmStore(request.getfixturevalue("redis_url"), ttl=300, clock=clock)
     return ConfirmStore(tmp_path / "intake.db", ttl=300, clock=clock)
 
 
@@ -159,3 +164,31 @@ def test_answered_questions_are_pruned_after_a_week(store, clock):
     clock.t += 8 * 86400
     assert store.prune() == 1
     assert store.get(conf.token) is None and store.get(pending.token) is not None
+
+
+def test_two_replicas_resolving_one_prompt_apply_exactly_one_tap(redis_url, clock):
+    replicas = [RedisConfirmStore(redis_url, clock=clock) for _ in range(2)]
+    conf = new(replicas[0])
+    outcomes = sorted(r.resolve(conf.token, 2, "y").outcome for r in replicas)
+    assert outcomes == ["already", "confirmed"]
+
+
+def test_redis_audit_trail_is_newest_first_and_shared(redis_url, clock):
+    a, b = RedisAuditLog(redis_url, clock=clock), RedisAuditLog(redis_url, clock=clock)
+    first = a.record(actor_id=2, actor="@olga", role="operator", chat_id=ALERTS, command="vm_stop",
+                     args={"vm": "buildfront"}, outcome="queued")
+    second = b.record(actor_id=3, actor="@ops", role="admin", chat_id=None, command="vm_start", args=None,
+                      outcome="done", detail="x" * 3000)
+    rows = a.recent()
+    assert [r.id for r in rows] == [second, first] and rows[1].args == {"vm": "buildfront"}
+    assert rows[0].chat_id is None and len(rows[0].detail) == 2000
+
+
+def test_bot_stores_follow_redis_url(make_settings, redis_url):
+    from bot.audit import AuditLog
+    from bot.redis_stores import open_bot_stores
+
+    confirms, audit = open_bot_stores(make_settings(REDIS_URL=redis_url))
+    assert isinstance(confirms, RedisConfirmStore) and isinstance(audit, RedisAuditLog)
+    confirms, audit = open_bot_stores(make_settings())
+    assert isinstance(confirms, ConfirmStore) and isinstance(audit, AuditLog)
